@@ -1,0 +1,228 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultConfigParses(t *testing.T) {
+	cfg, err := Parse("default.toml", DefaultTOML())
+	if err != nil {
+		t.Fatalf("the embedded default config does not validate: %v", err)
+	}
+	want := Door{
+		Name:       "ssh",
+		Sequence:   []Port{{7000, TCP}, {8000, UDP}, {9000, TCP}},
+		SeqTimeout: 10 * time.Second,
+		Open:       []Port{{22, TCP}},
+		OpenFor:    30 * time.Second,
+	}
+	if cfg.NFLOGGroup != 7113 || cfg.Table != "nftknock" || cfg.MaxTracked != 65536 {
+		t.Errorf("top level = %d %q %d, want 7113 nftknock 65536", cfg.NFLOGGroup, cfg.Table, cfg.MaxTracked)
+	}
+	if len(cfg.Doors) != 1 || !doorEqual(cfg.Doors[0], want) {
+		t.Errorf("doors = %+v, want [%+v]", cfg.Doors, want)
+	}
+}
+
+func TestDefaultsForOptionalKeys(t *testing.T) {
+	cfg, err := Parse("f.toml", []byte(minimal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.NFLOGGroup != DefaultNFLOGGroup || cfg.Table != DefaultTable || cfg.MaxTracked != DefaultMaxTracked {
+		t.Errorf("defaults not applied: %+v", cfg)
+	}
+	if cfg.File != "f.toml" {
+		t.Errorf("File = %q", cfg.File)
+	}
+}
+
+const minimal = `
+[[door]]
+name = "ssh"
+sequence = ["7000", "8000:udp", "9000:TCP"]
+seq_timeout = "10s"
+open = ["22"]
+open_for = "30s"
+`
+
+func TestLoadReadsFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nftknock.toml")
+	if err := os.WriteFile(path, []byte(minimal), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Doors[0].Sequence; got[0] != (Port{7000, TCP}) || got[1] != (Port{8000, UDP}) || got[2] != (Port{9000, TCP}) {
+		t.Errorf("sequence = %v", got)
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "absent.toml")); err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Load(absent) = %v, want a not-exist error", err)
+	}
+	big := filepath.Join(t.TempDir(), "big.toml")
+	if err := os.WriteFile(big, make([]byte, maxFileSize+1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(big); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("Load(big) = %v, want a size error", err)
+	}
+}
+
+// TestRejects checks that every problem is an error naming file, line,
+// door and field, and that what knockd silently mangles is refused.
+func TestRejects(t *testing.T) {
+	door := func(seq, open, seqTimeout, openFor string) string {
+		return "[[door]]\nname = \"ssh\"\nsequence = " + seq + "\nseq_timeout = " + seqTimeout +
+			"\nopen = " + open + "\nopen_for = " + openFor + "\n"
+	}
+	ok := func(field, value string) string {
+		vals := map[string]string{"seq": `["7000", "8000"]`, "open": `["22"]`, "st": `"10s"`, "of": `"30s"`}
+		vals[field] = value
+		return door(vals["seq"], vals["open"], vals["st"], vals["of"])
+	}
+	tests := []struct {
+		name, toml string
+		want       []string // substrings of one error line
+	}{
+		{"port zero", ok("seq", `["0", "8000"]`), []string{`f.toml:3: door "ssh": sequence[0]: "0": port 0 is out of range 1-65535`}},
+		{"port too big", ok("seq", `["7000", "65536"]`), []string{`sequence[1]`, `out of range 1-65535`}},
+		{"not a number", ok("seq", `["7000", "ssh"]`), []string{`sequence[1]`, `not a number`}},
+		{"negative port", ok("seq", `["-1"]`), []string{`sequence[0]`, `not a number`}},
+		{"bad proto", ok("seq", `["7000:icmpx"]`), []string{`sequence[0]`, `neither tcp nor udp`}},
+		{"empty sequence", ok("seq", `[]`), []string{`:3: door "ssh": sequence: empty`}},
+		{"repeat in sequence", ok("seq", `["7000", "7000"]`), []string{`sequence[1]`, `repeats the knock before it`}},
+		{"knock port opened", ok("seq", `["7000", "22:tcp"]`), []string{`sequence[1]`, `22:tcp is also opened by door "ssh"`}},
+		{"empty open", ok("open", `[]`), []string{`:5: door "ssh": open: empty`}},
+		{"bad open", ok("open", `["22:sctp"]`), []string{`open[0]`, `neither tcp nor udp`}},
+		{"zero duration", ok("st", `"0s"`), []string{`:4: door "ssh": seq_timeout: "0s" must be longer than zero`}},
+		{"negative duration", ok("of", `"-5s"`), []string{`:6: door "ssh": open_for: "-5s" must be longer than zero`}},
+		{"not a duration", ok("of", `"30"`), []string{`open_for: "30" is not a duration`}},
+		{"sub-millisecond", ok("of", `"1500us"`), []string{`open_for`, `millisecond`}},
+		{"huge open_for", ok("of", `"10000h"`), []string{`open_for`, `longer than`}},
+		{"missing duration", "[[door]]\nname = \"ssh\"\nsequence = [\"7000\"]\nopen = [\"22\"]\nopen_for = \"1s\"\n", []string{`door "ssh": seq_timeout: missing`}},
+		{"no doors", "nflog_group = 5\n", []string{`f.toml: door: no [[door]] is configured`}},
+		{"bad door name", strings.Replace(ok("", ""), `"ssh"`, `"SSH-1"`, 1), []string{`door "SSH-1": name: "SSH-1" must be`}},
+		{"missing name", strings.Replace(ok("", ""), "name = \"ssh\"\n", "", 1), []string{`door "#1": name: missing`}},
+		{"duplicate name", ok("", "") + strings.Replace(ok("", ""), `"7000", "8000"`, `"7001"`, 1), []string{`:8: door "ssh": name: door name is already used by door #1`}},
+		{"cross-door knock on opened port", ok("", "") + strings.NewReplacer(`"ssh"`, `"vpn"`, `["22"]`, `["1194:udp"]`, `"7000", "8000"`, `"22"`).Replace(ok("", "")),
+			[]string{`door "vpn": sequence[0]: 22:tcp is also opened by door "ssh"`}},
+		{"unknown top-level key", "tabel = \"x\"\n" + ok("", ""), []string{`f.toml:1: tabel: unknown key`}},
+		{"unknown door key", ok("", "") + "sequnce = [\"1\"]\n", []string{`f.toml:7: door "ssh": sequnce: unknown key in [[door]]`}},
+		{"nflog group range", "nflog_group = 65536\n" + ok("", ""), []string{`f.toml:1: nflog_group: 65536 is out of range 0-65535`}},
+		{"table name", "table = \"my table\"\n" + ok("", ""), []string{`f.toml:1: table: "my table" must be`}},
+		{"max_tracked zero", "max_tracked = 0\n" + ok("", ""), []string{`f.toml:1: max_tracked: 0 is out of range`}},
+		{"syntax error", "nflog_group = \n", []string{`f.toml:1: `}},
+		{"wrong type", "nflog_group = \"7113\"\n" + ok("", ""), []string{`f.toml:1: nflog_group: incompatible types`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse("f.toml", []byte(tt.toml))
+			if err == nil {
+				t.Fatalf("accepted:\n%s\nas %+v", tt.toml, cfg)
+			}
+			if cfg != nil {
+				t.Errorf("returned a config along with the error")
+			}
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if containsAll(line, tt.want) {
+					return
+				}
+			}
+			t.Errorf("no error line contains all of %q; got:\n%v", tt.want, err)
+		})
+	}
+}
+
+func TestEveryErrorIsReported(t *testing.T) {
+	_, err := Parse("f.toml", []byte("nflog_group = -1\n[[door]]\nname = \"a\"\nsequence = [\"0\"]\nopen = []\nseq_timeout = \"x\"\nopen_for = \"0s\"\n"))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	if n := len(strings.Split(err.Error(), "\n")); n != 5 {
+		t.Errorf("got %d error lines, want 5 (nflog_group, sequence[0], open, seq_timeout, open_for):\n%v", n, err)
+	}
+	var ce *Error
+	if !errors.As(err, &ce) || ce.File != "f.toml" {
+		t.Errorf("errors are not *Error naming the file: %#v", err)
+	}
+}
+
+func TestParsePort(t *testing.T) {
+	for in, want := range map[string]Port{
+		"1": {1, TCP}, "65535:udp": {65535, UDP}, " 22:tcp ": {22, TCP}, "53:UDP": {53, UDP},
+	} {
+		got, err := ParsePort(in)
+		if err != nil || got != want {
+			t.Errorf("ParsePort(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", ":tcp", "22:", "22:tcp:x", "0x16", "1e3", "99999999999", "22 :tcp"} {
+		if p, err := ParsePort(in); err == nil {
+			t.Errorf("ParsePort(%q) = %v, want an error", in, p)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(DefaultTOML())
+	f.Add([]byte(minimal))
+	f.Add([]byte("[[door]]\nname=\"a\"\nsequence=[\"1:udp\",\"2\"]\nseq_timeout=\"1ms\"\nopen=[\"3\"]\nopen_for=\"1s\"\n[[door]]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse("fuzz.toml", data)
+		if err != nil {
+			if cfg != nil {
+				t.Fatal("config returned with an error")
+			}
+			return
+		}
+		// Whatever validated must satisfy the invariants the rest of the
+		// daemon relies on.
+		if len(cfg.Doors) == 0 || cfg.MaxTracked < 1 || cfg.Table == "" {
+			t.Fatalf("invalid config accepted: %+v", cfg)
+		}
+		for _, d := range cfg.Doors {
+			if len(d.Sequence) == 0 || len(d.Open) == 0 || d.SeqTimeout <= 0 || d.OpenFor <= 0 || !doorNameRE.MatchString(d.Name) {
+				t.Fatalf("invalid door accepted: %+v", d)
+			}
+			for _, p := range append(append([]Port(nil), d.Sequence...), d.Open...) {
+				if p.Num == 0 || (p.Proto != TCP && p.Proto != UDP) {
+					t.Fatalf("invalid port accepted: %+v", p)
+				}
+			}
+		}
+	})
+}
+
+func containsAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
+}
+
+func doorEqual(a, b Door) bool {
+	if a.Name != b.Name || a.SeqTimeout != b.SeqTimeout || a.OpenFor != b.OpenFor ||
+		len(a.Sequence) != len(b.Sequence) || len(a.Open) != len(b.Open) {
+		return false
+	}
+	for i := range a.Sequence {
+		if a.Sequence[i] != b.Sequence[i] {
+			return false
+		}
+	}
+	for i := range a.Open {
+		if a.Open[i] != b.Open[i] {
+			return false
+		}
+	}
+	return true
+}
