@@ -1,0 +1,271 @@
+package knock
+
+import (
+	"fmt"
+	"net/netip"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nftknock/nftknock/config"
+)
+
+var (
+	t0    = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	srcA  = netip.MustParseAddr("192.0.2.10")
+	srcB  = netip.MustParseAddr("192.0.2.11")
+	srcA6 = netip.MustParseAddr("2001:db8::10")
+)
+
+func sshDoor() config.Door {
+	return config.Door{
+		Name:       "ssh",
+		Sequence:   []config.Port{{Num: 7000, Proto: config.TCP}, {Num: 8000, Proto: config.UDP}, {Num: 9000, Proto: config.TCP}},
+		SeqTimeout: 10 * time.Second,
+		Open:       []config.Port{{Num: 22, Proto: config.TCP}},
+		OpenFor:    30 * time.Second,
+	}
+}
+
+// recorder keeps the events a Tracker emits as short strings.
+type recorder struct {
+	doors  []config.Door
+	events []string
+}
+
+func (r *recorder) emit(e Event) {
+	door := "-"
+	if e.Door >= 0 {
+		door = r.doors[e.Door].Name
+	}
+	s := fmt.Sprintf("%s %s %s", e.Kind, door, e.Src)
+	switch e.Kind {
+	case EventStep:
+		s += fmt.Sprintf(" %d", e.Step)
+	case EventReset:
+		s += fmt.Sprintf(" at %d got %s want %s", e.Step, e.Got, e.Want)
+	}
+	r.events = append(r.events, s)
+}
+
+func (r *recorder) take() string {
+	s := strings.Join(r.events, "; ")
+	r.events = nil
+	return s
+}
+
+func newTestTracker(max int, doors ...config.Door) (*Tracker, *recorder) {
+	r := &recorder{doors: doors}
+	return NewTracker(doors, max, r.emit), r
+}
+
+func syn(src netip.Addr, port uint16) *Packet {
+	return &Packet{Src: src, Proto: config.TCP, DstPort: port, TCPFlags: FlagSYN}
+}
+
+func udp(src netip.Addr, port uint16) *Packet {
+	return &Packet{Src: src, Proto: config.UDP, DstPort: port}
+}
+
+func TestTracker(t *testing.T) {
+	type knock struct {
+		after time.Duration // since t0
+		pkt   *Packet
+	}
+	tests := []struct {
+		name   string
+		knocks []knock
+		want   string
+	}{
+		{"in order opens", []knock{{0, syn(srcA, 7000)}, {1, udp(srcA, 8000)}, {2, syn(srcA, 9000)}},
+			"step ssh 192.0.2.10 1; step ssh 192.0.2.10 2; open ssh 192.0.2.10"},
+		{"ipv6 opens", []knock{{0, syn(srcA6, 7000)}, {1, udp(srcA6, 8000)}, {2, syn(srcA6, 9000)}},
+			"step ssh 2001:db8::10 1; step ssh 2001:db8::10 2; open ssh 2001:db8::10"},
+		{"wrong order resets", []knock{{0, syn(srcA, 7000)}, {1, syn(srcA, 9000)}, {2, udp(srcA, 8000)}},
+			"step ssh 192.0.2.10 1; reset ssh 192.0.2.10 at 1 got 9000:tcp want 8000:udp"},
+		{"wrong protocol is another port", []knock{{0, syn(srcA, 7000)}, {1, &Packet{Src: srcA, Proto: config.TCP, DstPort: 8000, TCPFlags: FlagSYN}}},
+			"step ssh 192.0.2.10 1"},
+		{"reset on the first step starts again", []knock{{0, syn(srcA, 7000)}, {1, udp(srcA, 8000)}, {2, syn(srcA, 7000)}, {3, udp(srcA, 8000)}, {4, syn(srcA, 9000)}},
+			"step ssh 192.0.2.10 1; step ssh 192.0.2.10 2; reset ssh 192.0.2.10 at 2 got 7000:tcp want 9000:tcp; step ssh 192.0.2.10 1; step ssh 192.0.2.10 2; open ssh 192.0.2.10"},
+		{"repeated step is no reset", []knock{{0, syn(srcA, 7000)}, {1, syn(srcA, 7000)}, {2, udp(srcA, 8000)}, {3, udp(srcA, 8000)}, {4, syn(srcA, 9000)}},
+			"step ssh 192.0.2.10 1; step ssh 192.0.2.10 2; open ssh 192.0.2.10"},
+		{"too slow times out", []knock{{0, syn(srcA, 7000)}, {5 * time.Second, udp(srcA, 8000)}, {10*time.Second + 1, syn(srcA, 9000)}},
+			"step ssh 192.0.2.10 1; step ssh 192.0.2.10 2; timeout ssh 192.0.2.10"},
+		{"exactly seq_timeout still counts", []knock{{0, syn(srcA, 7000)}, {1, udp(srcA, 8000)}, {10 * time.Second, syn(srcA, 9000)}},
+			"step ssh 192.0.2.10 1; step ssh 192.0.2.10 2; open ssh 192.0.2.10"},
+		{"SYN-ACK is not a knock", []knock{{0, &Packet{Src: srcA, Proto: config.TCP, DstPort: 7000, TCPFlags: FlagSYN | FlagACK}}},
+			""},
+		{"ACK is ignored, not a reset", []knock{{0, syn(srcA, 7000)}, {1, &Packet{Src: srcA, Proto: config.TCP, DstPort: 9000, TCPFlags: FlagACK}}, {2, udp(srcA, 8000)}},
+			"step ssh 192.0.2.10 1; step ssh 192.0.2.10 2"},
+		{"SYN with other flags still counts", []knock{{0, &Packet{Src: srcA, Proto: config.TCP, DstPort: 7000, TCPFlags: FlagSYN | 0xC0}}},
+			"step ssh 192.0.2.10 1"},
+		{"non-knock port is ignored", []knock{{0, syn(srcA, 7000)}, {1, syn(srcA, 22)}, {2, udp(srcA, 8000)}},
+			"step ssh 192.0.2.10 1; step ssh 192.0.2.10 2"},
+		{"starting mid-sequence does nothing", []knock{{0, udp(srcA, 8000)}, {1, syn(srcA, 9000)}},
+			""},
+		{"one source does not disturb another", []knock{
+			{0, syn(srcA, 7000)}, {1, syn(srcB, 7000)}, {2, syn(srcB, 9000)}, {3, udp(srcA, 8000)}, {4, syn(srcA, 9000)}},
+			"step ssh 192.0.2.10 1; step ssh 192.0.2.11 1; reset ssh 192.0.2.11 at 1 got 9000:tcp want 8000:udp; step ssh 192.0.2.10 2; open ssh 192.0.2.10"},
+		{"opening again needs the whole sequence", []knock{
+			{0, syn(srcA, 7000)}, {1, udp(srcA, 8000)}, {2, syn(srcA, 9000)}, {3, syn(srcA, 9000)}},
+			"step ssh 192.0.2.10 1; step ssh 192.0.2.10 2; open ssh 192.0.2.10"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tr, rec := newTestTracker(16, sshDoor())
+			for _, k := range tt.knocks {
+				tr.Observe(t0.Add(k.after), k.pkt)
+			}
+			if got := rec.take(); got != tt.want {
+				t.Errorf("events:\n got: %s\nwant: %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestTrackerForgetsFinishedSources(t *testing.T) {
+	tr, rec := newTestTracker(16, sshDoor())
+	tr.Observe(t0, syn(srcA, 7000))
+	tr.Observe(t0, syn(srcB, 7000))
+	tr.Observe(t0, udp(srcA, 8000))
+	tr.Observe(t0, syn(srcA, 9000))
+	if tr.Len() != 1 {
+		t.Errorf("after one source opened and one is midway, Len = %d, want 1", tr.Len())
+	}
+	tr.Observe(t0, syn(srcB, 9000)) // wrong: resets B
+	if tr.Len() != 0 {
+		t.Errorf("after a reset, Len = %d, want 0 (%s)", tr.Len(), rec.take())
+	}
+}
+
+func TestTrackerSweep(t *testing.T) {
+	tr, rec := newTestTracker(16, sshDoor())
+	tr.Observe(t0, syn(srcA, 7000))
+	tr.Observe(t0.Add(5*time.Second), syn(srcB, 7000))
+	rec.take()
+	tr.Sweep(t0.Add(10 * time.Second))
+	if got := rec.take(); got != "" || tr.Len() != 2 {
+		t.Errorf("sweep before any timeout: events %q, Len %d", got, tr.Len())
+	}
+	tr.Sweep(t0.Add(11 * time.Second))
+	if got, want := rec.take(), "timeout ssh 192.0.2.10"; got != want || tr.Len() != 1 {
+		t.Errorf("sweep: events %q want %q, Len %d want 1", got, want, tr.Len())
+	}
+	tr.Sweep(t0.Add(16 * time.Second))
+	if got, want := rec.take(), "timeout ssh 192.0.2.11"; got != want || tr.Len() != 0 {
+		t.Errorf("sweep: events %q want %q, Len %d want 0", got, want, tr.Len())
+	}
+}
+
+func TestTrackerEvictsLeastRecentlySeen(t *testing.T) {
+	tr, rec := newTestTracker(3, sshDoor())
+	a := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}) }
+	for i := 1; i <= 3; i++ {
+		tr.Observe(t0, syn(a(i), 7000))
+	}
+	tr.Observe(t0, udp(a(1), 8000)) // 1 is now the most recently seen
+	rec.take()
+	tr.Observe(t0, syn(a(4), 7000))
+	if got, want := rec.take(), "evict - 198.51.100.2; step ssh 198.51.100.4 1"; got != want {
+		t.Errorf("events %q, want %q", got, want)
+	}
+	if tr.Len() != 3 {
+		t.Errorf("Len = %d, want 3", tr.Len())
+	}
+	// The evicted source starts from scratch; the others keep their progress.
+	tr.Observe(t0, udp(a(2), 8000))
+	tr.Observe(t0, syn(a(1), 9000))
+	if got, want := rec.take(), "open ssh 198.51.100.1"; got != want {
+		t.Errorf("events %q, want %q", got, want)
+	}
+}
+
+func TestTrackerSharedKnockPort(t *testing.T) {
+	vpn := config.Door{
+		Name:       "vpn",
+		Sequence:   []config.Port{{Num: 9000, Proto: config.TCP}, {Num: 7000, Proto: config.TCP}},
+		SeqTimeout: time.Second,
+		Open:       []config.Port{{Num: 1194, Proto: config.UDP}},
+		OpenFor:    time.Minute,
+	}
+	tr, rec := newTestTracker(16, sshDoor(), vpn)
+	tr.Observe(t0, syn(srcA, 9000))
+	tr.Observe(t0, syn(srcA, 7000))
+	if got, want := rec.take(), "step vpn 192.0.2.10 1; step ssh 192.0.2.10 1; open vpn 192.0.2.10"; got != want {
+		t.Errorf("events %q, want %q", got, want)
+	}
+	if tr.Len() != 1 {
+		t.Errorf("Len = %d, want 1 (ssh still in progress)", tr.Len())
+	}
+}
+
+func TestTrackerSingleKnockDoor(t *testing.T) {
+	d := sshDoor()
+	d.Sequence = d.Sequence[:1]
+	tr, rec := newTestTracker(16, d)
+	tr.Observe(t0, syn(srcA, 7000))
+	if got, want := rec.take(), "open ssh 192.0.2.10"; got != want || tr.Len() != 0 {
+		t.Errorf("events %q want %q, Len %d", got, want, tr.Len())
+	}
+}
+
+// TestTrackerMemoryBounded floods the tracker with far more sources than
+// max_tracked and checks that it never tracks more, and measures what one
+// tracked source costs (README: configuration reference, max_tracked).
+func TestTrackerMemoryBounded(t *testing.T) {
+	const max = 4096
+	tr := NewTracker([]config.Door{sshDoor()}, max, func(Event) {})
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range 10 * max {
+		src := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		tr.Observe(t0, syn(src, 7000))
+		if tr.Len() > max {
+			t.Fatalf("Len = %d after %d sources, above max_tracked %d", tr.Len(), i+1, max)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	perEntry := float64(after.HeapAlloc-before.HeapAlloc) / max
+	t.Logf("heap per tracked source (one door): %.0f bytes", perEntry)
+	if perEntry > 512 {
+		t.Errorf("a tracked source costs %.0f bytes, more than the 512 the README promises", perEntry)
+	}
+	runtime.KeepAlive(tr)
+}
+
+func TestTrackerSteadyPathAllocatesNothing(t *testing.T) {
+	tr := NewTracker([]config.Door{sshDoor()}, 1024, func(Event) {})
+	pkts := []*Packet{syn(srcA, 7000), udp(srcA, 8000), syn(srcA, 9000)}
+	i := 0
+	allocs := testing.AllocsPerRun(1000, func() {
+		tr.Observe(t0, pkts[i%3])
+		i++
+	})
+	if allocs != 0 {
+		t.Errorf("Observe allocates %.1f times per packet on the steady path, want 0", allocs)
+	}
+}
+
+func BenchmarkTrackerKnock(b *testing.B) {
+	tr := NewTracker([]config.Door{sshDoor()}, 65536, func(Event) {})
+	pkts := []*Packet{syn(srcA, 7000), udp(srcA, 8000), syn(srcA, 9000)}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		tr.Observe(t0, pkts[i%3])
+	}
+}
+
+// BenchmarkTrackerFlood is the cost per packet of a flood of first knocks
+// from ever new sources with the table full: each one evicts another.
+func BenchmarkTrackerFlood(b *testing.B) {
+	tr := NewTracker([]config.Door{sshDoor()}, 65536, func(Event) {})
+	p := syn(srcA, 7000)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		p.Src = netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		tr.Observe(t0, p)
+	}
+}
