@@ -1,0 +1,103 @@
+// Command nftknockd is the nftknock port-knocking daemon. It runs in the
+// foreground, logs to stderr, reloads on SIGHUP and exits on SIGTERM or
+// SIGINT, leaving its table in place: opened ports stay closed to everyone
+// else and live grants run out in the kernel on their own.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"go.uber.org/zap"
+
+	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/nft"
+)
+
+const defaultConfig = "/etc/nftknock/nftknock.toml"
+
+func main() {
+	os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func realMain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("nftknockd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		path        = fs.String("config", defaultConfig, "configuration `file`")
+		check       = fs.Bool("check", false, "validate the configuration, print every error, and exit (1 if invalid); touches no firewall state")
+		printConfig = fs.Bool("print-config", false, "print the built-in reference configuration and exit")
+		remove      = fs.Bool("remove", false, "delete the daemon's nftables table (named in -config) and exit")
+	)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: nftknockd [-config FILE] [-check | -print-config | -remove]\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "nftknockd: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+
+	switch {
+	case *printConfig:
+		stdout.Write(config.DefaultTOML())
+		return 0
+	case *check:
+		if _, err := config.Load(*path); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s: OK\n", *path)
+		return 0
+	case *remove:
+		if err := removeTable(*path); err != nil {
+			fmt.Fprintf(stderr, "nftknockd: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+
+	log := newLogger(os.Stderr)
+	defer log.Sync()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default: // a reload is already pending
+			}
+		}
+	}()
+
+	if err := run(ctx, log, *path, reload); err != nil {
+		log.Error("nftknockd failed", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+func removeTable(path string) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return fmt.Errorf("%w (-remove reads the table name from the config)", err)
+	}
+	fw, err := nft.Open(cfg.Table)
+	if err != nil {
+		return err
+	}
+	defer fw.Close()
+	return fw.Remove()
+}
