@@ -1,0 +1,390 @@
+// Package nft is all of nftknock's talk with nf_tables.
+//
+// The daemon owns one `table inet <name>`. Install writes its whole ruleset
+// in one atomic batch: per door, two sets (<door>_v4, <door>_v6, flags
+// timeout) of sources that completed the door's knock sequence, and one
+// input chain that lets those sources reach the door's opened ports, drops
+// everyone else there, and sends knock packets to the daemon over NFLOG.
+// Grant adds a source to a door's set with a timeout; the kernel removes it
+// when the timeout runs out, so a grant needs no timer in the daemon and
+// survives a daemon restart.
+package nft
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// expirySlack is how long past its computed expiry the mirror still treats
+// an element as possibly live. The kernel rounds timeouts up to whole
+// jiffies, so an element may outlive our estimate by a few milliseconds.
+// Erring towards "live" is cheap (a refresh whose delete finds nothing falls
+// back to a plain add); erring towards "gone" is not: a plain add onto an
+// element the kernel still holds does not refresh it, and the grant would
+// lapse.
+const expirySlack = time.Second
+
+// socketBuffer is the receive and send buffer size asked for on the netlink
+// socket. google/nftables v0.3.0 sends a whole batch as one datagram, sends
+// every rule with NLM_F_ECHO, and reads no reply before the whole batch is
+// sent, so the kernel queues one ack per message plus an echo of every rule
+// at once. With the default 208 KiB buffers, measured on Linux 6.18: an
+// Install of 20 doors (~180 messages) fails with ENOBUFS although the kernel
+// committed the batch, and the unread replies poison a lasting socket; one
+// of 100 doors cannot even be sent (EMSGSIZE). 4 MiB holds thousands of
+// messages; it is a limit, not an allocation.
+const socketBuffer = 4 << 20
+
+// Firewall owns `table inet <name>`. It is not safe for concurrent use: the
+// daemon gives it one owner goroutine.
+type Firewall struct {
+	table *nftables.Table
+	opts  []nftables.ConnOption
+
+	// conn is a lasting netlink connection (one socket for all
+	// operations), dialled on first use and dropped after any error.
+	//
+	// Why lasting: closing a NETLINK_NETFILTER socket right after a batch
+	// that deleted anything takes 8-15ms on Linux 6.18 (by our reading,
+	// nf_tables' socket-release handler waits for the deferred destruction
+	// of what was deleted, an RCU grace period). So a refresh (delete + add) costs ~40µs over a
+	// lasting socket but ~13ms with one socket per operation; see
+	// BenchmarkGrant and BenchmarkGrantSocketPerOp.
+	//
+	// Why dropped after an error: v0.3.0 does not drain the socket after a
+	// failed batch (that fix came later). On this kernel the abort path
+	// still acks every message, so the socket stays in step (see
+	// TestKernelLastingConnAfterFailedBatch); but an early return in Flush
+	// (ENOBUFS, EPERM) leaves replies unread, and a later query would read
+	// them as its own. A fresh socket after a rare error rules that out.
+	conn *nftables.Conn
+
+	closed bool
+
+	// now is the clock of the mirror; tests replace it.
+	now func() time.Time
+
+	// doors are the door names of the installed config, in config order.
+	doors []string
+
+	// mirror is when each granted element expires, as far as this process
+	// knows: seeded from the kernel by Install, updated by Grant and
+	// Revoke, trimmed by Prune. It only chooses how Grant talks to the
+	// kernel; the kernel remains the truth (see Grants).
+	mirror map[grantKey]time.Time
+}
+
+type grantKey struct {
+	door string
+	addr netip.Addr
+}
+
+// Grant is one live element of a door set.
+type Grant struct {
+	Door string
+	Addr netip.Addr
+	// Timeout is the element's whole timeout; Expires is the time left.
+	Timeout, Expires time.Duration
+}
+
+// Open returns a Firewall for `table inet <table>`. It does not touch the
+// ruleset: call Install. opts are passed to nftables.New; tests use
+// nftables.WithNetNSFd to work in a scratch network namespace and
+// nftables.WithTestDial to capture messages.
+func Open(table string, opts ...nftables.ConnOption) (*Firewall, error) {
+	if table == "" {
+		return nil, errors.New("open nftables: empty table name")
+	}
+	f := &Firewall{
+		table:  &nftables.Table{Name: table, Family: nftables.TableFamilyINet},
+		opts:   slices.Clone(opts),
+		now:    time.Now,
+		mirror: map[grantKey]time.Time{},
+	}
+	// Dial now so a missing netlink (or a bad namespace fd) shows at start.
+	if _, err := f.c(); err != nil {
+		return nil, fmt.Errorf("open nftables for table %q: %w", table, err)
+	}
+	return f, nil
+}
+
+// c returns the lasting connection, dialling it if needed.
+func (f *Firewall) c() (*nftables.Conn, error) {
+	if f.closed {
+		return nil, errors.New("firewall is closed")
+	}
+	if f.conn == nil {
+		opts := append(slices.Clone(f.opts), nftables.AsLasting(), nftables.WithSockOptions(growBuffers))
+		c, err := nftables.New(opts...)
+		if err != nil {
+			return nil, err
+		}
+		f.conn = c
+	}
+	return f.conn, nil
+}
+
+// reset drops the connection after an error, with whatever v0.3.0 may have
+// left queued in it: unread replies, or messages of a batch never flushed.
+func (f *Firewall) reset() {
+	if f.conn != nil {
+		_ = f.conn.CloseLasting()
+		f.conn = nil
+	}
+}
+
+// growBuffers raises the socket buffers (see socketBuffer). SO_*BUFFORCE
+// needs CAP_NET_ADMIN, which nf_tables needs anyway; the plain options are
+// capped by net.core.[rw]mem_max. It is best effort: a smaller buffer only
+// matters for configs of about 20 doors or more, and the test socket of
+// WithTestDial has no file descriptor at all.
+func growBuffers(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	_ = rc.Control(func(fd uintptr) {
+		for _, o := range [][2]int{{unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}, {unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}} {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[0], socketBuffer) != nil {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[1], socketBuffer)
+			}
+		}
+	})
+	return nil
+}
+
+// flush sends the queued batch, dropping the connection if it failed.
+//
+// ENOENT is the exception: the kernel refused the batch (a delete of an
+// element that had just expired, see Grant) and acknowledged every message
+// of it, so the socket holds nothing unread and Grant's retry can use it.
+func (f *Firewall) flush(c *nftables.Conn) error {
+	if err := c.Flush(); err != nil {
+		if !errors.Is(err, unix.ENOENT) {
+			f.reset()
+		}
+		return err
+	}
+	return nil
+}
+
+// Grant lets addr through door's opened ports for d, counted from now: it
+// adds addr to the door's set with timeout d, or restarts the timeout if
+// addr is already there.
+//
+// Two kernel facts shape it (both seen on Linux 6.18, and pinned by
+// TestKernelReaddDoesNotRefresh and TestKernelDeleteExpiredRollsBack):
+//
+//   - Adding an element that is already in the set, with the same timeout,
+//     succeeds but leaves its expiry alone. So a refresh is a delete and an
+//     add in one batch.
+//   - Deleting an element whose timeout has just run out, but which garbage
+//     collection has not yet removed, fails with ENOENT, and the kernel
+//     aborts the whole batch: the add is lost too.
+//
+// So Grant asks the mirror first: if it believes the element live, it sends
+// {delete, add}, and on ENOENT retries with {add} alone; otherwise it sends
+// {add}.
+func (f *Firewall) Grant(door string, addr netip.Addr, d time.Duration) error {
+	addr = addr.Unmap().WithZone("")
+	if err := f.grant(door, addr, d); err != nil {
+		return fmt.Errorf("grant %s to %s: %w", door, addr, err)
+	}
+	return nil
+}
+
+func (f *Firewall) grant(door string, addr netip.Addr, d time.Duration) error {
+	set, err := f.doorSet(door, addr)
+	if err != nil {
+		return err
+	}
+	if d < time.Millisecond {
+		// The kernel counts in milliseconds, and a zero timeout would
+		// mean "never expires".
+		return fmt.Errorf("timeout %v is under a millisecond", d)
+	}
+	key := grantKey{door, addr}
+	elem := []nftables.SetElement{{Key: addr.AsSlice(), Timeout: d}}
+
+	send := func(refresh bool) error {
+		c, err := f.c()
+		if err != nil {
+			return err
+		}
+		if refresh {
+			if err := c.SetDeleteElements(set, []nftables.SetElement{{Key: addr.AsSlice()}}); err != nil {
+				f.reset()
+				return err
+			}
+		}
+		if err := c.SetAddElements(set, elem); err != nil {
+			f.reset()
+			return err
+		}
+		return f.flush(c)
+	}
+
+	exp, known := f.mirror[key]
+	if known && f.live(exp, f.now()) {
+		err = send(true)
+		if errors.Is(err, unix.ENOENT) {
+			// The kernel expired it before our estimate did.
+			err = send(false)
+		}
+	} else {
+		err = send(false)
+	}
+	if err != nil {
+		return err
+	}
+	// Read the clock after the kernel has set its expiry, so ours is never
+	// the earlier of the two.
+	f.mirror[key] = f.now().Add(d)
+	return nil
+}
+
+// Revoke removes addr from door's set at once. An element that is already
+// gone (never granted, expired, revoked) is not an error.
+func (f *Firewall) Revoke(door string, addr netip.Addr) error {
+	addr = addr.Unmap().WithZone("")
+	if err := f.revoke(door, addr); err != nil {
+		return fmt.Errorf("revoke %s from %s: %w", door, addr, err)
+	}
+	return nil
+}
+
+func (f *Firewall) revoke(door string, addr netip.Addr) error {
+	set, err := f.doorSet(door, addr)
+	if err != nil {
+		return err
+	}
+	c, err := f.c()
+	if err != nil {
+		return err
+	}
+	if err := c.SetDeleteElements(set, []nftables.SetElement{{Key: addr.AsSlice()}}); err != nil {
+		f.reset()
+		return err
+	}
+	if err := f.flush(c); err != nil && !errors.Is(err, unix.ENOENT) {
+		return err
+	}
+	delete(f.mirror, grantKey{door, addr})
+	return nil
+}
+
+// Grants reads every live element of every installed door's sets from the
+// kernel, by door in config order, then IPv4 before IPv6, then address.
+// Elements whose timeout has run out are not listed, even before the kernel
+// garbage-collects them.
+func (f *Firewall) Grants() ([]Grant, error) {
+	var grants []Grant
+	for _, door := range f.doors {
+		for _, v6 := range []bool{false, true} {
+			elems, err := f.elements(SetName(door, v6))
+			if err != nil {
+				return nil, fmt.Errorf("list grants of door %s: %w", door, err)
+			}
+			var gs []Grant
+			for _, e := range elems {
+				addr, ok := netip.AddrFromSlice(e.Key)
+				if !ok {
+					continue
+				}
+				gs = append(gs, Grant{Door: door, Addr: addr, Timeout: e.Timeout, Expires: e.Expires})
+			}
+			slices.SortFunc(gs, func(a, b Grant) int { return a.Addr.Compare(b.Addr) })
+			grants = append(grants, gs...)
+		}
+	}
+	return grants, nil
+}
+
+// elements reads a set of the table from the kernel.
+func (f *Firewall) elements(set string) ([]nftables.SetElement, error) {
+	c, err := f.c()
+	if err != nil {
+		return nil, err
+	}
+	elems, err := c.GetSetElements(&nftables.Set{Table: f.table, Name: set})
+	if err != nil {
+		f.reset()
+		return nil, err
+	}
+	// The kernel's dump already skips expired elements; this guards
+	// against one that expires as it is being dumped.
+	live := elems[:0]
+	for _, e := range elems {
+		if e.Timeout == 0 || e.Expires > 0 {
+			live = append(live, e)
+		}
+	}
+	return live, nil
+}
+
+// Prune forgets mirror entries that have expired by now, so the mirror
+// stays as small as the set of live grants. The daemon calls it from its
+// sweep timer.
+func (f *Firewall) Prune(now time.Time) {
+	for k, exp := range f.mirror {
+		if !f.live(exp, now) {
+			delete(f.mirror, k)
+		}
+	}
+}
+
+// live tells whether an element expiring at exp may still be in the kernel.
+// A zero exp is an element without timeout.
+func (f *Firewall) live(exp, now time.Time) bool {
+	return exp.IsZero() || now.Before(exp.Add(expirySlack))
+}
+
+// Remove deletes the table with everything in it. A table that is already
+// gone is not an error.
+func (f *Firewall) Remove() error {
+	c, err := f.c()
+	if err != nil {
+		return fmt.Errorf("remove table %q: %w", f.table.Name, err)
+	}
+	c.DelTable(f.table)
+	if err := f.flush(c); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove table %q: %w", f.table.Name, err)
+	}
+	f.doors = nil
+	clear(f.mirror)
+	return nil
+}
+
+// Close releases the netlink socket. It leaves the ruleset in place: the
+// grants it holds go on expiring in the kernel.
+func (f *Firewall) Close() error {
+	f.closed = true
+	if f.conn == nil {
+		return nil
+	}
+	err := f.conn.CloseLasting()
+	f.conn = nil
+	return err
+}
+
+// doorSet is the set of door that holds addr's family.
+func (f *Firewall) doorSet(door string, addr netip.Addr) (*nftables.Set, error) {
+	if !addr.IsValid() {
+		return nil, errors.New("invalid address")
+	}
+	if !slices.Contains(f.doors, door) {
+		return nil, fmt.Errorf("door %q is not installed", door)
+	}
+	return &nftables.Set{
+		Table:      f.table,
+		Name:       SetName(door, addr.Is6()),
+		HasTimeout: true,
+	}, nil
+}
