@@ -226,3 +226,16 @@ func doorEqual(a, b Door) bool {
 	}
 	return true
 }
+
+// TestREADMEShowsDefaultConfig keeps the README's configuration reference
+// true: its toml block must be the embedded default config.
+func TestREADMEShowsDefaultConfig(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "```toml\n" + string(DefaultTOML()) + "```\n"
+	if !strings.Contains(string(readme), want) {
+		t.Errorf("README.md has no ```toml block equal to config/default.toml; paste `nftknockd -print-config` into it")
+	}
+}
