@@ -115,7 +115,7 @@ func TestServerReload(t *testing.T) {
 	newSeq := strings.Replace(string(config.DefaultTOML()), `["7000:tcp", "8000:udp", "9000:tcp"]`, `["7100:udp", "7200:tcp"]`, 1)
 
 	for _, bad := range []string{
-		strings.Replace(newSeq, `"7200:tcp"`, `"72000:tcp"`, 1),       // invalid
+		strings.Replace(newSeq, `"7200:tcp"`, `"72000:tcp"`, 1),          // invalid
 		strings.Replace(newSeq, `table = "nftknock"`, `table = "t2"`, 1), // moves table
 		strings.Replace(newSeq, `nflog_group = 7113`, `nflog_group = 1`, 1),
 	} {
