@@ -230,43 +230,39 @@ func (v *validator) door(i int, raw *rawDoor) Door {
 		v.add(i, label, "name", "%q must be 1-%d characters of a-z 0-9 _", raw.Name, maxNameLen)
 	}
 
-	switch {
-	case len(raw.Sequence) == 0:
-		v.add(i, label, "sequence", "empty: list the knocks, e.g. [\"7000:tcp\", \"8000:udp\"]")
-	case len(raw.Sequence) > maxSequence:
-		v.add(i, label, "sequence", "%d knocks; at most %d are allowed", len(raw.Sequence), maxSequence)
-	}
-	for j, s := range raw.Sequence {
-		p, err := ParsePort(s)
-		if err != nil {
-			v.add(i, label, fmt.Sprintf("sequence[%d]", j), "%v", err)
-			continue
-		}
-		if j > 0 && len(d.Sequence) > 0 && d.Sequence[len(d.Sequence)-1] == p {
+	d.Sequence = v.ports(i, label, "sequence", raw.Sequence, maxSequence, `list the knocks, e.g. ["7000:tcp", "8000:udp"]`)
+	for j := 1; j < len(raw.Sequence); j++ {
+		prev, err1 := ParsePort(raw.Sequence[j-1])
+		p, err2 := ParsePort(raw.Sequence[j])
+		if err1 == nil && err2 == nil && p == prev {
 			v.add(i, label, fmt.Sprintf("sequence[%d]", j),
 				"%s repeats the knock before it: a repeated knock cannot be told from a retransmitted packet", p)
 		}
-		d.Sequence = append(d.Sequence, p)
 	}
-
-	switch {
-	case len(raw.Open) == 0:
-		v.add(i, label, "open", "empty: list what a knock opens, e.g. [\"22:tcp\"]")
-	case len(raw.Open) > maxOpen:
-		v.add(i, label, "open", "%d ports; at most %d are allowed", len(raw.Open), maxOpen)
-	}
-	for j, s := range raw.Open {
-		p, err := ParsePort(s)
-		if err != nil {
-			v.add(i, label, fmt.Sprintf("open[%d]", j), "%v", err)
-			continue
-		}
-		d.Open = append(d.Open, p)
-	}
-
+	d.Open = v.ports(i, label, "open", raw.Open, maxOpen, `list what a knock opens, e.g. ["22:tcp"]`)
 	d.SeqTimeout = v.duration(i, label, "seq_timeout", raw.SeqTimeout, maxSeqTimeout)
 	d.OpenFor = v.duration(i, label, "open_for", raw.OpenFor, maxOpenFor)
 	return d
+}
+
+// ports validates a list of PORT[:proto]; errors name field[j].
+func (v *validator) ports(i int, label, field string, raw []string, max int, hint string) []Port {
+	switch {
+	case len(raw) == 0:
+		v.add(i, label, field, "empty: %s", hint)
+	case len(raw) > max:
+		v.add(i, label, field, "%d entries; at most %d are allowed", len(raw), max)
+	}
+	ports := make([]Port, 0, len(raw))
+	for j, s := range raw {
+		p, err := ParsePort(s)
+		if err != nil {
+			v.add(i, label, fmt.Sprintf("%s[%d]", field, j), "%v", err)
+			continue
+		}
+		ports = append(ports, p)
+	}
+	return ports
 }
 
 func (v *validator) duration(i int, label, field, s string, max time.Duration) time.Duration {

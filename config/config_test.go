@@ -99,6 +99,7 @@ func TestRejects(t *testing.T) {
 		{"empty sequence", ok("seq", `[]`), []string{`:3: door "ssh": sequence: empty`}},
 		{"repeat in sequence", ok("seq", `["7000", "7000"]`), []string{`sequence[1]`, `repeats the knock before it`}},
 		{"knock port opened", ok("seq", `["7000", "22:tcp"]`), []string{`sequence[1]`, `22:tcp is also opened by door "ssh"`}},
+		{"too many knocks", ok("seq", `["`+strings.TrimSuffix(strings.Repeat(`1", "2", "`, 17), `, "`)+`]`), []string{`:3: door "ssh": sequence: 34 entries; at most 32 are allowed`}},
 		{"empty open", ok("open", `[]`), []string{`:5: door "ssh": open: empty`}},
 		{"bad open", ok("open", `["22:sctp"]`), []string{`open[0]`, `neither tcp nor udp`}},
 		{"zero duration", ok("st", `"0s"`), []string{`:4: door "ssh": seq_timeout: "0s" must be longer than zero`}},

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"io"
-	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -263,17 +262,18 @@ func TestSecondDaemonRefused(t *testing.T) {
 }
 
 // TestCheckAndPrintConfig: -print-config prints a config that -check
-// accepts, and neither touches the firewall (they run outside the lab).
+// accepts, and neither touches the firewall.
 func TestCheckAndPrintConfig(t *testing.T) {
-	out, err := exec.Command(daemonBin, "-print-config").Output()
+	l := newLab(t)
+	out, err := lab.Run(l.Server, daemonBin, "-print-config")
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := writeConfig(t, "", string(out))
-	if out, err := exec.Command(daemonBin, "-check", "-config", path).CombinedOutput(); err != nil {
+	path := writeConfig(t, "", out)
+	if out, err := lab.Run(l.Server, daemonBin, "-check", "-config", path); err != nil || !strings.Contains(out, "OK") {
 		t.Errorf("-check on -print-config output: %v %s", err, out)
 	}
-	if _, err := os.Stat(path); err != nil {
-		t.Fatal(err)
+	if rs, err := lab.Run(l.Server, "nft", "list", "ruleset"); err != nil || strings.TrimSpace(rs) != "" {
+		t.Errorf("-check or -print-config changed the ruleset: %q %v", rs, err)
 	}
 }

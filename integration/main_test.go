@@ -11,11 +11,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/nftknock/nftknock/integration/lab"
+	"github.com/nftknock/nftknock/integration/nstest"
 )
 
 // daemonBin is nftknockd built for these tests: with -race, unless a
@@ -51,32 +51,10 @@ func testMain(m *testing.M) int {
 	return m.Run()
 }
 
-// need fails (under CI=true) or skips the test when it cannot run here.
-func need(t testing.TB) {
-	t.Helper()
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	for _, tool := range lab.Tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := fmt.Sprintf("needs %s (run `sudo make test`, which installs the tools)", strings.Join(missing, ", "))
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
 // newLab makes a lab that is deleted when the test ends, even on failure.
 func newLab(t testing.TB) *lab.Lab {
 	t.Helper()
-	need(t)
+	nstest.Require(t, lab.Tools...)
 	l, err := lab.New()
 	if err != nil {
 		t.Fatal(err)

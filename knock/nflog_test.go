@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -18,6 +17,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
+
+	"github.com/nftknock/nftknock/integration/nstest"
 )
 
 // The kernel tests below run in a fresh network namespace each, so they touch
@@ -30,57 +31,13 @@ const (
 	nflogLoIfindex = 1    // LOOPBACK_IFINDEX: lo is always 1 in a new namespace
 )
 
-func nflogRequire(t *testing.T) {
-	t.Helper()
-	need := func(why string) {
-		t.Helper()
-		if os.Getenv("CI") == "true" {
-			t.Fatal(why)
-		}
-		t.Skip(why)
-	}
-	if os.Geteuid() != 0 {
-		need("needs root")
-	}
-	for _, bin := range []string{"ip", "nft"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			need(fmt.Sprintf("needs %s: %v", bin, err))
-		}
-	}
-}
-
-func nflogExec(t *testing.T, stdin string, args ...string) {
-	t.Helper()
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Stdin = strings.NewReader(stdin)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
-
-// nflogNetnsSeq makes namespace names unique within this test process.
-var nflogNetnsSeq atomic.Uint32
-
 // nflogNetns creates a network namespace with lo up and a ruleset logging
 // UDP to nflogTestPort and nflogSyncPort to group.
-// It returns the namespace's name and an fd for NFLOGConfig.NetNS.
-func nflogNetns(t *testing.T, group uint16) (string, int) {
+func nflogNetns(t *testing.T, group uint16) *nstest.NS {
 	t.Helper()
-	nflogRequire(t)
-	name := fmt.Sprintf("nftk-nflog-%d-%d", os.Getpid(), nflogNetnsSeq.Add(1))
-	nflogExec(t, "", "ip", "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v\n%s", name, err, out)
-		}
-	})
-	f, err := os.Open("/run/netns/" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	nflogExec(t, "", "ip", "-n", name, "link", "set", "lo", "up")
-	nflogExec(t, fmt.Sprintf(`table inet nftk_nflog_test {
+	nstest.Require(t, "ip", "nft")
+	ns := nstest.New(t)
+	ns.Run(t, fmt.Sprintf(`table inet nftk_nflog_test {
 	chain in {
 		type filter hook input priority filter; policy accept;
 		udp dport %d log group %d
@@ -90,38 +47,8 @@ func nflogNetns(t *testing.T, group uint16) (string, int) {
 		udp dport %d log group %d
 	}
 }
-`, nflogTestPort, group, nflogSyncPort, group), "ip", "netns", "exec", name, "nft", "-f", "-")
-	return name, int(f.Fd())
-}
-
-// nflogInNetns runs fn on an OS thread that has entered the namespace nsfd.
-func nflogInNetns(t *testing.T, nsfd int, fn func() error) {
-	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		// Unlocked only once restored: a thread left in the test namespace
-		// exits with this goroutine instead of running other code.
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns: %w", err)
-			return
-		}
-		err = fn()
-		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
-		t.Fatalf("in test namespace: %v", err)
-	}
+`, nflogTestPort, group, nflogSyncPort, group), "nft", "-f", "-")
+	return ns
 }
 
 // nflogSender is a UDP socket created inside a namespace. A socket stays in
@@ -131,10 +58,10 @@ type nflogSender struct {
 	fd int
 }
 
-func newNFLOGSender(t *testing.T, nsfd int) *nflogSender {
+func newNFLOGSender(t *testing.T, ns *nstest.NS) *nflogSender {
 	t.Helper()
 	fd := -1
-	nflogInNetns(t, nsfd, func() (err error) {
+	ns.In(t, func() (err error) {
 		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		return err
 	})
@@ -158,10 +85,10 @@ func (s *nflogSender) send(port int, v6 bool, b []byte) {
 // nflogInstance returns the namespace's /proc/net/netfilter/nfnetlink_log
 // line for group: group, portid, queued, copy_mode, copy_range, flush
 // timeout, refcount.
-func nflogInstance(t *testing.T, nsfd int, group uint16) []string {
+func nflogInstance(t *testing.T, ns *nstest.NS, group uint16) []string {
 	t.Helper()
 	var b []byte
-	nflogInNetns(t, nsfd, func() (err error) {
+	ns.In(t, func() (err error) {
 		b, err = os.ReadFile("/proc/thread-self/net/netfilter/nfnetlink_log")
 		return err
 	})
@@ -259,14 +186,14 @@ func nflogListen(t *testing.T, cfg NFLOGConfig) *NFLOG {
 }
 
 func TestNFLOGDelivers(t *testing.T) {
-	_, nsfd := nflogNetns(t, nflogTestGroup)
+	ns := nflogNetns(t, nflogTestGroup)
 	core, logs := observer.New(zapcore.DebugLevel)
-	l := nflogListen(t, NFLOGConfig{Group: nflogTestGroup, NetNS: nsfd, Logger: zap.New(core)})
+	l := nflogListen(t, NFLOGConfig{Group: nflogTestGroup, NetNS: ns.FD, Logger: zap.New(core)})
 	for _, e := range logs.FilterMessage("NFLOG receive buffer").All() {
 		t.Logf("%s %s: %v", e.Level, e.Message, e.ContextMap())
 	}
 	pkts, stop := nflogRun(t, l, nil)
-	s := newNFLOGSender(t, nsfd)
+	s := newNFLOGSender(t, ns)
 
 	for _, v6 := range []bool{false, true} {
 		marker := fmt.Appendf(nil, "knock-v6=%t", v6)
@@ -311,14 +238,14 @@ func TestNFLOGDelivers(t *testing.T) {
 // QTHRESH=1 and TIMEOUT=0, a packet logged on output (inside sendto) is in the
 // socket by the time sendto returns: no timer, no goroutine scheduling involved.
 func TestNFLOGNoBatching(t *testing.T) {
-	_, nsfd := nflogNetns(t, nflogTestGroup)
-	l := nflogListen(t, NFLOGConfig{Group: nflogTestGroup, NetNS: nsfd})
-	inst := nflogInstance(t, nsfd, nflogTestGroup)
+	ns := nflogNetns(t, nflogTestGroup)
+	l := nflogListen(t, NFLOGConfig{Group: nflogTestGroup, NetNS: ns.FD})
+	inst := nflogInstance(t, ns, nflogTestGroup)
 	t.Logf("nfnetlink_log instance: %v", inst)
 	if mode, copyRange, timeout := inst[3], inst[4], inst[5]; mode != "2" || copyRange != "256" || timeout != "0" {
 		t.Errorf("copy_mode %s, copy_range %s, flush timeout %s; want 2 (packet), 256, 0", mode, copyRange, timeout)
 	}
-	s := newNFLOGSender(t, nsfd)
+	s := newNFLOGSender(t, ns)
 	rc, err := l.conn.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
@@ -342,13 +269,13 @@ func TestNFLOGNoBatching(t *testing.T) {
 }
 
 func TestNFLOGCopyRange(t *testing.T) {
-	_, nsfd := nflogNetns(t, nflogTestGroup)
-	l := nflogListen(t, NFLOGConfig{Group: nflogTestGroup, NetNS: nsfd, CopyRange: 64})
-	if cr := nflogInstance(t, nsfd, nflogTestGroup)[4]; cr != "64" {
+	ns := nflogNetns(t, nflogTestGroup)
+	l := nflogListen(t, NFLOGConfig{Group: nflogTestGroup, NetNS: ns.FD, CopyRange: 64})
+	if cr := nflogInstance(t, ns, nflogTestGroup)[4]; cr != "64" {
 		t.Errorf("kernel copy_range %s, want 64", cr)
 	}
 	pkts, _ := nflogRun(t, l, nil)
-	s := newNFLOGSender(t, nsfd)
+	s := newNFLOGSender(t, ns)
 
 	for _, v6 := range []bool{false, true} {
 		// The marker sits in the first 64 bytes: after the 28- or 48-byte headers.
@@ -365,10 +292,10 @@ func TestNFLOGCopyRange(t *testing.T) {
 }
 
 func TestNFLOGAlreadyBound(t *testing.T) {
-	_, nsfd := nflogNetns(t, nflogTestGroup)
-	first := nflogListen(t, NFLOGConfig{Group: nflogTestGroup, NetNS: nsfd})
+	ns := nflogNetns(t, nflogTestGroup)
+	first := nflogListen(t, NFLOGConfig{Group: nflogTestGroup, NetNS: ns.FD})
 
-	second, err := ListenNFLOG(NFLOGConfig{Group: nflogTestGroup, NetNS: nsfd})
+	second, err := ListenNFLOG(NFLOGConfig{Group: nflogTestGroup, NetNS: ns.FD})
 	if err == nil {
 		second.Close()
 		t.Fatal("second ListenNFLOG on a bound group succeeded")
@@ -382,20 +309,20 @@ func TestNFLOGAlreadyBound(t *testing.T) {
 	}
 
 	// Another group is free, and Close releases the group for the next daemon.
-	nflogListen(t, NFLOGConfig{Group: nflogTestGroup + 1, NetNS: nsfd})
+	nflogListen(t, NFLOGConfig{Group: nflogTestGroup + 1, NetNS: ns.FD})
 	if err := first.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	if err := first.Close(); err != nil {
 		t.Errorf("second Close: %v, want nil", err)
 	}
-	nflogListen(t, NFLOGConfig{Group: nflogTestGroup, NetNS: nsfd})
+	nflogListen(t, NFLOGConfig{Group: nflogTestGroup, NetNS: ns.FD})
 }
 
 // Root without CAP_NET_ADMIN gets the same EPERM as a taken group; the error
 // must not blame another nftknockd.
 func TestNFLOGNeedsCapNetAdmin(t *testing.T) {
-	_, nsfd := nflogNetns(t, nflogTestGroup)
+	ns := nflogNetns(t, nflogTestGroup)
 	core, logs := observer.New(zapcore.DebugLevel)
 	errc := make(chan error, 1)
 	go func() {
@@ -413,7 +340,7 @@ func TestNFLOGNeedsCapNetAdmin(t *testing.T) {
 			errc <- fmt.Errorf("capset: %w", err)
 			return
 		}
-		l, err := ListenNFLOG(NFLOGConfig{Group: nflogTestGroup, NetNS: nsfd, Logger: zap.New(core)})
+		l, err := ListenNFLOG(NFLOGConfig{Group: nflogTestGroup, NetNS: ns.FD, Logger: zap.New(core)})
 		if err == nil {
 			l.Close()
 			err = errors.New("ListenNFLOG without CAP_NET_ADMIN succeeded")
@@ -439,8 +366,8 @@ func TestNFLOGNeedsCapNetAdmin(t *testing.T) {
 // ENOBUFS): about once in 700 binds under this load on the development VM, so 3000
 // binds catch a regression to Execute nearly always.
 func TestNFLOGBindUnderTraffic(t *testing.T) {
-	_, nsfd := nflogNetns(t, nflogTestGroup)
-	s := newNFLOGSender(t, nsfd)
+	ns := nflogNetns(t, nflogTestGroup)
+	s := newNFLOGSender(t, ns)
 	stop := make(chan struct{})
 	flooded := make(chan int)
 	go func() {
@@ -459,7 +386,7 @@ func TestNFLOGBindUnderTraffic(t *testing.T) {
 	const binds = 3000
 	var failed int
 	for range binds {
-		l, err := ListenNFLOG(NFLOGConfig{Group: nflogTestGroup, NetNS: nsfd})
+		l, err := ListenNFLOG(NFLOGConfig{Group: nflogTestGroup, NetNS: ns.FD})
 		if err != nil {
 			if failed++; failed <= 3 {
 				t.Errorf("ListenNFLOG under traffic: %v", err)
@@ -475,8 +402,8 @@ func TestNFLOGBindUnderTraffic(t *testing.T) {
 }
 
 func TestNFLOGCloseStopsRun(t *testing.T) {
-	_, nsfd := nflogNetns(t, nflogTestGroup)
-	l, err := ListenNFLOG(NFLOGConfig{Group: nflogTestGroup, NetNS: nsfd})
+	ns := nflogNetns(t, nflogTestGroup)
+	l, err := ListenNFLOG(NFLOGConfig{Group: nflogTestGroup, NetNS: ns.FD})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -497,11 +424,11 @@ func TestNFLOGCloseStopsRun(t *testing.T) {
 }
 
 func TestNFLOGOverrun(t *testing.T) {
-	_, nsfd := nflogNetns(t, nflogTestGroup)
+	ns := nflogNetns(t, nflogTestGroup)
 	core, logs := observer.New(zapcore.DebugLevel)
 	// 4096 becomes 8192 (the kernel doubles it): room for about ten short
 	// NFLOG messages.
-	l := nflogListen(t, NFLOGConfig{Group: nflogTestGroup, NetNS: nsfd, ReadBuffer: 4096, Logger: zap.New(core)})
+	l := nflogListen(t, NFLOGConfig{Group: nflogTestGroup, NetNS: ns.FD, ReadBuffer: 4096, Logger: zap.New(core)})
 	t.Logf("receive buffer: %v", logs.FilterMessage("NFLOG receive buffer").All()[0].ContextMap())
 
 	entered, release := make(chan struct{}), make(chan struct{})
@@ -512,7 +439,7 @@ func TestNFLOGOverrun(t *testing.T) {
 			<-release // hold Run so the socket buffer fills up
 		}
 	})
-	s := newNFLOGSender(t, nsfd)
+	s := newNFLOGSender(t, ns)
 
 	s.send(nflogTestPort, false, []byte("first"))
 	select {

@@ -52,7 +52,7 @@ func BenchmarkGrantSocketPerOp(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := nftables.New(nftables.WithNetNSFd(ns.fd))
+	c, err := nftables.New(nftables.WithNetNSFd(ns.FD))
 	if err != nil {
 		b.Fatal(err)
 	}
