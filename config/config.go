@@ -230,23 +230,23 @@ func (v *validator) door(i int, raw *rawDoor) Door {
 		v.add(i, label, "name", "%q must be 1-%d characters of a-z 0-9 _", raw.Name, maxNameLen)
 	}
 
-	d.Sequence = v.ports(i, label, "sequence", raw.Sequence, maxSequence, `list the knocks, e.g. ["7000:tcp", "8000:udp"]`)
+	d.Sequence = v.ports(i, label, "sequence", raw.Sequence, maxSequence, ParseKnock, `list the knocks, e.g. ["7000:tcp", "8000:udp"]`)
 	for j := 1; j < len(raw.Sequence); j++ {
-		prev, err1 := ParsePort(raw.Sequence[j-1])
-		p, err2 := ParsePort(raw.Sequence[j])
+		prev, err1 := ParseKnock(raw.Sequence[j-1])
+		p, err2 := ParseKnock(raw.Sequence[j])
 		if err1 == nil && err2 == nil && p == prev {
 			v.add(i, label, fmt.Sprintf("sequence[%d]", j),
 				"%s repeats the knock before it: a repeated knock cannot be told from a retransmitted packet", p)
 		}
 	}
-	d.Open = v.ports(i, label, "open", raw.Open, maxOpen, `list what a knock opens, e.g. ["22:tcp"]`)
+	d.Open = v.ports(i, label, "open", raw.Open, maxOpen, ParsePort, `list what a knock opens, e.g. ["22:tcp"]`)
 	d.SeqTimeout = v.duration(i, label, "seq_timeout", raw.SeqTimeout, maxSeqTimeout)
 	d.OpenFor = v.duration(i, label, "open_for", raw.OpenFor, maxOpenFor)
 	return d
 }
 
 // ports validates a list of PORT[:proto]; errors name field[j].
-func (v *validator) ports(i int, label, field string, raw []string, max int, hint string) []Port {
+func (v *validator) ports(i int, label, field string, raw []string, max int, parse func(string) (Port, error), hint string) []Port {
 	switch {
 	case len(raw) == 0:
 		v.add(i, label, field, "empty: %s", hint)
@@ -255,7 +255,7 @@ func (v *validator) ports(i int, label, field string, raw []string, max int, hin
 	}
 	ports := make([]Port, 0, len(raw))
 	for j, s := range raw {
-		p, err := ParsePort(s)
+		p, err := parse(s)
 		if err != nil {
 			v.add(i, label, fmt.Sprintf("%s[%d]", field, j), "%v", err)
 			continue
@@ -290,48 +290,130 @@ func (v *validator) duration(i int, label, field, s string, max time.Duration) t
 // same) door opens: the opened port's drop rule would swallow the knock,
 // or a knock would open the port it is supposed to guard.
 func (v *validator) crossCheck(doors []rawDoor) {
-	opened := map[Port]string{}
+	type opened struct {
+		port Port
+		door string
+	}
+	var all []opened
 	for _, d := range doors {
 		for _, s := range d.Open {
-			if p, err := ParsePort(s); err == nil && opened[p] == "" {
-				opened[p] = d.Name
+			if p, err := ParsePort(s); err == nil {
+				all = append(all, opened{p, d.Name})
 			}
 		}
 	}
 	for i, d := range doors {
 		for j, s := range d.Sequence {
-			p, err := ParsePort(s)
+			k, err := ParseKnock(s)
 			if err != nil {
 				continue // reported already
 			}
-			if by, ok := opened[p]; ok {
-				v.add(i, d.Name, fmt.Sprintf("sequence[%d]", j),
-					"%s is also opened by door %q: a knock port must not be an opened port", p, by)
+			for _, o := range all {
+				if o.port.Proto == k.Proto && k.Num >= o.port.Num && k.Num <= o.port.End() {
+					v.add(i, d.Name, fmt.Sprintf("sequence[%d]", j),
+						"%s is also opened by door %q (%s): a knock port must not be an opened port", k, o.door, o.port)
+					break
+				}
 			}
 		}
 	}
 }
 
-// ParsePort parses knockd's port notation: "7000", "7000:tcp", "7000:udp".
+// ParsePort parses an opened port: "22", "22:tcp", "1194:udp", or a
+// range "60000-61000:udp".
 func ParsePort(s string) (Port, error) {
-	num, proto, hasProto := strings.Cut(strings.TrimSpace(s), ":")
-	p := Port{Proto: TCP}
-	if hasProto {
-		switch strings.ToLower(proto) {
-		case "tcp":
-		case "udp":
-			p.Proto = UDP
-		default:
-			return Port{}, fmt.Errorf("%q: protocol %q is neither tcp nor udp", s, proto)
+	spec, proto, err := splitProto(s)
+	if err != nil {
+		return Port{}, err
+	}
+	if proto == ICMP {
+		return Port{}, fmt.Errorf("%q: icmp is a knock step, not something a door opens", s)
+	}
+	first, last, isRange := strings.Cut(spec, "-")
+	p := Port{Proto: proto}
+	if p.Num, err = portNumber(s, first); err != nil {
+		return Port{}, err
+	}
+	if isRange {
+		if p.Last, err = portNumber(s, last); err != nil {
+			return Port{}, err
+		}
+		if p.Last <= p.Num {
+			return Port{}, fmt.Errorf("%q: a range runs from the lower port to the higher", s)
 		}
 	}
+	return p, nil
+}
+
+// ParseKnock parses one knock step in knockd's notation: "7000",
+// "7000:tcp", "8000:udp", or "1000:icmp" — an echo request carrying
+// exactly 1000 bytes of payload (ping -s 1000).
+func ParseKnock(s string) (Port, error) {
+	spec, proto, err := splitProto(s)
+	if err != nil {
+		return Port{}, err
+	}
+	if proto == ICMP {
+		n, err := strconv.ParseUint(spec, 10, 32)
+		if err != nil || n > maxICMPPayload {
+			return Port{}, fmt.Errorf("%q: an icmp knock is the payload size of a ping, 0-%d", s, maxICMPPayload)
+		}
+		return Port{Num: uint16(n), Proto: ICMP}, nil
+	}
+	p := Port{Proto: proto}
+	if p.Num, err = portNumber(s, spec); err != nil {
+		return Port{}, err
+	}
+	return p, nil
+}
+
+// ParseSequence parses a knock sequence as knockd's one_time_sequences
+// files write it: steps separated by commas and/or spaces.
+func ParseSequence(line string) ([]Port, error) {
+	fields := strings.FieldsFunc(line, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' })
+	if len(fields) == 0 {
+		return nil, errors.New("empty sequence")
+	}
+	if len(fields) > maxSequence {
+		return nil, fmt.Errorf("%d knocks; at most %d are allowed", len(fields), maxSequence)
+	}
+	seq := make([]Port, 0, len(fields))
+	for _, f := range fields {
+		p, err := ParseKnock(f)
+		if err != nil {
+			return nil, err
+		}
+		seq = append(seq, p)
+	}
+	return seq, nil
+}
+
+// maxICMPPayload is the largest echo payload an IPv4 packet can carry.
+const maxICMPPayload = 65507
+
+func splitProto(s string) (spec string, proto Proto, err error) {
+	spec, name, hasProto := strings.Cut(strings.TrimSpace(s), ":")
+	if !hasProto {
+		return spec, TCP, nil
+	}
+	switch strings.ToLower(name) {
+	case "tcp":
+		return spec, TCP, nil
+	case "udp":
+		return spec, UDP, nil
+	case "icmp":
+		return spec, ICMP, nil
+	}
+	return "", 0, fmt.Errorf("%q: protocol %q is not tcp, udp or icmp", s, name)
+}
+
+func portNumber(s, num string) (uint16, error) {
 	n, err := strconv.ParseUint(num, 10, 32)
 	if err != nil {
-		return Port{}, fmt.Errorf("%q: port is not a number: write PORT[:tcp|udp], e.g. \"7000:tcp\"", s)
+		return 0, fmt.Errorf("%q: port is not a number: write PORT[:tcp|udp], e.g. \"7000:tcp\"", s)
 	}
 	if n < 1 || n > 65535 {
-		return Port{}, fmt.Errorf("%q: port %d is out of range 1-65535", s, n)
+		return 0, fmt.Errorf("%q: port %d is out of range 1-65535", s, n)
 	}
-	p.Num = uint16(n)
-	return p, nil
+	return uint16(n), nil
 }

@@ -16,9 +16,9 @@ func TestDefaultConfigParses(t *testing.T) {
 	}
 	want := Door{
 		Name:       "ssh",
-		Sequence:   []Port{{7000, TCP}, {8000, UDP}, {9000, TCP}},
+		Sequence:   []Port{{Num: 7000, Proto: TCP}, {Num: 8000, Proto: UDP}, {Num: 9000, Proto: TCP}},
 		SeqTimeout: 10 * time.Second,
-		Open:       []Port{{22, TCP}},
+		Open:       []Port{{Num: 22, Proto: TCP}},
 		OpenFor:    30 * time.Second,
 	}
 	if cfg.NFLOGGroup != 7113 || cfg.Table != "nftknock" || cfg.MaxTracked != 65536 {
@@ -60,7 +60,7 @@ func TestLoadReadsFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := cfg.Doors[0].Sequence; got[0] != (Port{7000, TCP}) || got[1] != (Port{8000, UDP}) || got[2] != (Port{9000, TCP}) {
+	if got := cfg.Doors[0].Sequence; got[0] != (Port{Num: 7000, Proto: TCP}) || got[1] != (Port{Num: 8000, Proto: UDP}) || got[2] != (Port{Num: 9000, Proto: TCP}) {
 		t.Errorf("sequence = %v", got)
 	}
 	if _, err := Load(filepath.Join(t.TempDir(), "absent.toml")); err == nil || !errors.Is(err, os.ErrNotExist) {
@@ -95,13 +95,17 @@ func TestRejects(t *testing.T) {
 		{"port too big", ok("seq", `["7000", "65536"]`), []string{`sequence[1]`, `out of range 1-65535`}},
 		{"not a number", ok("seq", `["7000", "ssh"]`), []string{`sequence[1]`, `not a number`}},
 		{"negative port", ok("seq", `["-1"]`), []string{`sequence[0]`, `not a number`}},
-		{"bad proto", ok("seq", `["7000:icmpx"]`), []string{`sequence[0]`, `neither tcp nor udp`}},
+		{"bad proto", ok("seq", `["7000:icmpx"]`), []string{`sequence[0]`, `is not tcp, udp or icmp`}},
 		{"empty sequence", ok("seq", `[]`), []string{`:3: door "ssh": sequence: empty`}},
 		{"repeat in sequence", ok("seq", `["7000", "7000"]`), []string{`sequence[1]`, `repeats the knock before it`}},
 		{"knock port opened", ok("seq", `["7000", "22:tcp"]`), []string{`sequence[1]`, `22:tcp is also opened by door "ssh"`}},
+		{"knock port in an opened range", ok("open", `["6000-7500:tcp"]`), []string{`sequence[0]`, `7000:tcp is also opened by door "ssh" (6000-7500:tcp)`}},
+		{"backwards range", ok("open", `["61000-60000:udp"]`), []string{`open[0]`, `lower port to the higher`}},
+		{"icmp opened", ok("open", `["100:icmp"]`), []string{`open[0]`, `icmp is a knock step`}},
+		{"icmp too big", ok("seq", `["70000:icmp"]`), []string{`sequence[0]`, `payload size of a ping, 0-65507`}},
 		{"too many knocks", ok("seq", `["`+strings.TrimSuffix(strings.Repeat(`1", "2", "`, 17), `, "`)+`]`), []string{`:3: door "ssh": sequence: 34 entries; at most 32 are allowed`}},
 		{"empty open", ok("open", `[]`), []string{`:5: door "ssh": open: empty`}},
-		{"bad open", ok("open", `["22:sctp"]`), []string{`open[0]`, `neither tcp nor udp`}},
+		{"bad open", ok("open", `["22:sctp"]`), []string{`open[0]`, `is not tcp, udp or icmp`}},
 		{"zero duration", ok("st", `"0s"`), []string{`:4: door "ssh": seq_timeout: "0s" must be longer than zero`}},
 		{"negative duration", ok("of", `"-5s"`), []string{`:6: door "ssh": open_for: "-5s" must be longer than zero`}},
 		{"not a duration", ok("of", `"30"`), []string{`open_for: "30" is not a duration`}},
@@ -157,7 +161,8 @@ func TestEveryErrorIsReported(t *testing.T) {
 
 func TestParsePort(t *testing.T) {
 	for in, want := range map[string]Port{
-		"1": {1, TCP}, "65535:udp": {65535, UDP}, " 22:tcp ": {22, TCP}, "53:UDP": {53, UDP},
+		"60000-61000:udp": {Num: 60000, Last: 61000, Proto: UDP},
+		"1":               {Num: 1, Proto: TCP}, "65535:udp": {Num: 65535, Proto: UDP}, " 22:tcp ": {Num: 22, Proto: TCP}, "53:UDP": {Num: 53, Proto: UDP},
 	} {
 		got, err := ParsePort(in)
 		if err != nil || got != want {
@@ -167,6 +172,31 @@ func TestParsePort(t *testing.T) {
 	for _, in := range []string{"", ":tcp", "22:", "22:tcp:x", "0x16", "1e3", "99999999999", "22 :tcp"} {
 		if p, err := ParsePort(in); err == nil {
 			t.Errorf("ParsePort(%q) = %v, want an error", in, p)
+		}
+	}
+}
+
+func TestParseKnock(t *testing.T) {
+	for in, want := range map[string]Port{
+		"7000": {Num: 7000, Proto: TCP}, "8000:udp": {Num: 8000, Proto: UDP}, "0:icmp": {Num: 0, Proto: ICMP}, "1000:ICMP": {Num: 1000, Proto: ICMP},
+	} {
+		got, err := ParseKnock(in)
+		if err != nil || got != want {
+			t.Errorf("ParseKnock(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"7000-7001", "-1:icmp", "65508:icmp", "x:icmp", "0"} {
+		if p, err := ParseKnock(in); err == nil {
+			t.Errorf("ParseKnock(%q) = %v, want an error", in, p)
+		}
+	}
+	seq, err := ParseSequence(" 7000:tcp,8000:udp  9000 ,, 64:icmp ")
+	if err != nil || len(seq) != 4 || seq[1] != (Port{Num: 8000, Proto: UDP}) || seq[3] != (Port{Num: 64, Proto: ICMP}) {
+		t.Errorf("ParseSequence = %v, %v", seq, err)
+	}
+	for _, in := range []string{"", " , ", "7000,99999", strings.Repeat("1,", 33)} {
+		if seq, err := ParseSequence(in); err == nil {
+			t.Errorf("ParseSequence(%q) = %v, want an error", in, seq)
 		}
 	}
 }
@@ -192,9 +222,14 @@ func FuzzParse(f *testing.F) {
 			if len(d.Sequence) == 0 || len(d.Open) == 0 || d.SeqTimeout <= 0 || d.OpenFor <= 0 || !doorNameRE.MatchString(d.Name) {
 				t.Fatalf("invalid door accepted: %+v", d)
 			}
-			for _, p := range append(append([]Port(nil), d.Sequence...), d.Open...) {
-				if p.Num == 0 || (p.Proto != TCP && p.Proto != UDP) {
-					t.Fatalf("invalid port accepted: %+v", p)
+			for _, p := range d.Sequence {
+				if (p.Num == 0 && p.Proto != ICMP) || (p.Proto != TCP && p.Proto != UDP && p.Proto != ICMP) || p.Last != 0 {
+					t.Fatalf("invalid knock accepted: %+v", p)
+				}
+			}
+			for _, p := range d.Open {
+				if p.Num == 0 || (p.Proto != TCP && p.Proto != UDP) || (p.Last != 0 && p.Last <= p.Num) {
+					t.Fatalf("invalid opened port accepted: %+v", p)
 				}
 			}
 		}

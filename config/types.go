@@ -14,14 +14,19 @@ import (
 // Proto is an IP protocol number a knock or an opened port uses.
 type Proto uint8
 
-// The protocols a port may name.
+// The protocols a port may name. ICMP stands for an echo request over
+// ICMP or ICMPv6 alike: as a knock step, "N:icmp" is a ping whose payload
+// is exactly N bytes (ping -s N), and Port.Num holds N.
 const (
-	TCP Proto = 6
-	UDP Proto = 17
+	ICMP Proto = 1
+	TCP  Proto = 6
+	UDP  Proto = 17
 )
 
 func (p Proto) String() string {
 	switch p {
+	case ICMP:
+		return "icmp"
 	case TCP:
 		return "tcp"
 	case UDP:
@@ -31,13 +36,23 @@ func (p Proto) String() string {
 }
 
 // Port is a transport port with its protocol, as knockd writes it:
-// "7000", "7000:tcp" or "8000:udp".
+// "7000", "7000:tcp" or "8000:udp"; an opened port may be a range,
+// "60000-61000:udp"; a knock step may be an echo request, "1000:icmp".
 type Port struct {
 	Num   uint16
+	Last  uint16 // last port of a range; 0 for a single port
 	Proto Proto
 }
 
-func (p Port) String() string { return fmt.Sprintf("%d:%s", p.Num, p.Proto) }
+// End returns the last port the Port covers.
+func (p Port) End() uint16 { return max(p.Num, p.Last) }
+
+func (p Port) String() string {
+	if p.Last > p.Num {
+		return fmt.Sprintf("%d-%d:%s", p.Num, p.Last, p.Proto)
+	}
+	return fmt.Sprintf("%d:%s", p.Num, p.Proto)
+}
 
 // Door is one knock sequence and what it opens.
 type Door struct {
