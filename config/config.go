@@ -5,14 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 )
+
+// doorKeys lists the keys a [[door]] may have, for error messages.
+const doorKeys = "name, sequence, close_sequence, one_time_sequences, seq_timeout, tcp_flags, interface, open, open_to, open_for, always_allow, on_open, on_close, hook_timeout"
 
 // Limits on what a configuration may ask for. They keep a hostile or
 // mistaken file from making the daemon build an unbounded ruleset or table.
@@ -26,11 +32,16 @@ const (
 	maxSeqTimeout  = time.Hour
 	maxOpenFor     = 30 * 24 * time.Hour
 	durationQuanta = time.Millisecond // the kernel counts set timeouts in ms
+	maxHookArgs    = 64
+	maxHookTimeout = 10 * time.Minute
+
+	defaultHookTimeout = 10 * time.Second
 )
 
 var (
 	doorNameRE  = regexp.MustCompile(`^[a-z0-9_]+$`)
 	tableNameRE = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
+	ifnameRE    = regexp.MustCompile(`^[^/\s]{1,15}$`)
 	decodeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
 )
 
@@ -51,11 +62,20 @@ type rawConfig struct {
 }
 
 type rawDoor struct {
-	Name       string   `toml:"name"`
-	Sequence   []string `toml:"sequence"`
-	SeqTimeout string   `toml:"seq_timeout"`
-	Open       []string `toml:"open"`
-	OpenFor    string   `toml:"open_for"`
+	Name          string   `toml:"name"`
+	Sequence      []string `toml:"sequence"`
+	CloseSequence []string `toml:"close_sequence"`
+	OneTime       string   `toml:"one_time_sequences"`
+	SeqTimeout    string   `toml:"seq_timeout"`
+	TCPFlags      *string  `toml:"tcp_flags"`
+	Interface     string   `toml:"interface"`
+	Open          []string `toml:"open"`
+	OpenTo        string   `toml:"open_to"`
+	OpenFor       string   `toml:"open_for"`
+	AlwaysAllow   []string `toml:"always_allow"`
+	OnOpen        []string `toml:"on_open"`
+	OnClose       []string `toml:"on_close"`
+	HookTimeout   string   `toml:"hook_timeout"`
 }
 
 // Error is one problem found in a configuration file.
@@ -84,13 +104,17 @@ func (e *Error) Error() string {
 	return b.String()
 }
 
-// Load reads and validates the configuration file at path.
+// Load reads and validates the configuration file at path. A file that
+// someone other than root could change is refused (see CheckPrivate).
 func Load(path string) (*Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
 	defer f.Close()
+	if err := CheckPrivate(path); err != nil {
+		return nil, err
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("read config %s: %w", path, err)
@@ -163,7 +187,7 @@ func (v *validator) unknownKey(k toml.Key, doors []rawDoor) {
 		if door >= 0 && door < len(doors) {
 			name = doors[door].Name
 		}
-		v.add(door, name, k[1], "unknown key in [[door]] (known: name, sequence, seq_timeout, open, open_for)")
+		v.add(door, name, k[1], "unknown key in [[door]] (known: "+doorKeys+")")
 	default:
 		v.add(-1, "", k.String(), "unknown key")
 	}
@@ -214,6 +238,7 @@ func (v *validator) config(raw *rawConfig) *Config {
 		cfg.Doors = append(cfg.Doors, d)
 	}
 	v.crossCheck(raw.Doors)
+	v.crossCheckOneTime(cfg.Doors)
 	return cfg
 }
 
@@ -230,19 +255,151 @@ func (v *validator) door(i int, raw *rawDoor) Door {
 		v.add(i, label, "name", "%q must be 1-%d characters of a-z 0-9 _", raw.Name, maxNameLen)
 	}
 
-	d.Sequence = v.ports(i, label, "sequence", raw.Sequence, maxSequence, ParseKnock, `list the knocks, e.g. ["7000:tcp", "8000:udp"]`)
-	for j := 1; j < len(raw.Sequence); j++ {
-		prev, err1 := ParseKnock(raw.Sequence[j-1])
-		p, err2 := ParseKnock(raw.Sequence[j])
-		if err1 == nil && err2 == nil && p == prev {
-			v.add(i, label, fmt.Sprintf("sequence[%d]", j),
-				"%s repeats the knock before it: a repeated knock cannot be told from a retransmitted packet", p)
+	switch {
+	case raw.OneTime != "" && len(raw.Sequence) > 0:
+		v.add(i, label, "one_time_sequences", "a door has either sequence or one_time_sequences, not both")
+	case raw.OneTime != "":
+		d.OneTime = raw.OneTime
+		d.Sequence = v.oneTime(i, label, raw.OneTime)
+	default:
+		d.Sequence = v.sequence(i, label, "sequence", raw.Sequence)
+	}
+	if raw.CloseSequence != nil {
+		d.CloseSequence = v.sequence(i, label, "close_sequence", raw.CloseSequence)
+		if slices.Equal(d.CloseSequence, d.Sequence) && len(d.Sequence) > 0 {
+			v.add(i, label, "close_sequence", "is the same as sequence: a knock could not tell opening from closing")
 		}
 	}
+	d.TCPFlags = DefaultTCPFlags
+	if raw.TCPFlags != nil {
+		f, err := ParseTCPFlags(*raw.TCPFlags)
+		if err != nil {
+			v.add(i, label, "tcp_flags", "%v", err)
+		}
+		d.TCPFlags = f
+	}
+	if raw.Interface != "" {
+		if !ifnameRE.MatchString(raw.Interface) {
+			v.add(i, label, "interface", "%q is not an interface name (1-15 characters, no spaces or /)", raw.Interface)
+		}
+		d.Interface = raw.Interface
+	}
 	d.Open = v.ports(i, label, "open", raw.Open, maxOpen, ParsePort, `list what a knock opens, e.g. ["22:tcp"]`)
+	switch raw.OpenTo {
+	case "", "source":
+	case "anyone":
+		d.OpenToAnyone = true
+	default:
+		v.add(i, label, "open_to", "%q is neither \"source\" (the knocking address only, the default) nor \"anyone\"", raw.OpenTo)
+	}
+	for j, s := range raw.AlwaysAllow {
+		p, err := parseNetwork(s)
+		if err != nil {
+			v.add(i, label, fmt.Sprintf("always_allow[%d]", j), "%v", err)
+			continue
+		}
+		d.AlwaysAllow = append(d.AlwaysAllow, p)
+	}
+	d.OnOpen = v.hook(i, label, "on_open", raw.OnOpen)
+	d.OnClose = v.hook(i, label, "on_close", raw.OnClose)
+	d.HookTimeout = defaultHookTimeout
+	if raw.HookTimeout != "" {
+		d.HookTimeout = v.duration(i, label, "hook_timeout", raw.HookTimeout, maxHookTimeout)
+	}
 	d.SeqTimeout = v.duration(i, label, "seq_timeout", raw.SeqTimeout, maxSeqTimeout)
 	d.OpenFor = v.duration(i, label, "open_for", raw.OpenFor, maxOpenFor)
 	return d
+}
+
+// sequence validates a list of knocks.
+func (v *validator) sequence(i int, label, field string, raw []string) []Port {
+	seq := v.ports(i, label, field, raw, maxSequence, ParseKnock, `list the knocks, e.g. ["7000:tcp", "8000:udp"]`)
+	for j := 1; j < len(raw); j++ {
+		prev, err1 := ParseKnock(raw[j-1])
+		p, err2 := ParseKnock(raw[j])
+		if err1 == nil && err2 == nil && p == prev {
+			v.add(i, label, fmt.Sprintf("%s[%d]", field, j),
+				"%s repeats the knock before it: a repeated knock cannot be told from a retransmitted packet", p)
+		}
+	}
+	return seq
+}
+
+// oneTime reads the door's one_time_sequences file and returns the
+// sequence due now (none once the file has run out).
+func (v *validator) oneTime(i int, label, path string) []Port {
+	if !filepath.IsAbs(path) {
+		v.add(i, label, "one_time_sequences", "%q must be an absolute path", path)
+		return nil
+	}
+	if err := CheckPrivate(path); err != nil {
+		v.add(i, label, "one_time_sequences", "%v", err)
+		return nil
+	}
+	ot, err := LoadOneTime(path)
+	if err != nil {
+		v.add(i, label, "one_time_sequences", "%v", err)
+		return nil
+	}
+	seq, _, _ := ot.Current()
+	return seq
+}
+
+// hook validates an on_open/on_close argv: it is run without a shell, so
+// argv[0] must be an absolute path (no PATH lookup to surprise anyone).
+func (v *validator) hook(i int, label, field string, argv []string) []string {
+	if argv == nil {
+		return nil
+	}
+	switch {
+	case len(argv) == 0:
+		v.add(i, label, field, "empty: give the program and its arguments, e.g. [\"/usr/local/bin/notify\", \"{door}\", \"{src}\"]")
+	case len(argv) > maxHookArgs:
+		v.add(i, label, field, "%d arguments; at most %d are allowed", len(argv), maxHookArgs)
+	case !filepath.IsAbs(argv[0]):
+		v.add(i, label, field+"[0]", "%q must be an absolute path: hooks run without a shell or PATH lookup", argv[0])
+	default:
+		return argv
+	}
+	return nil
+}
+
+// ParseTCPFlags parses knockd's tcpflags: a comma-separated list of fin,
+// syn, rst, psh, ack, urg, each of which may be negated with "!".
+func ParseTCPFlags(s string) (TCPFlags, error) {
+	bits := map[string]uint8{"fin": FlagFIN, "syn": FlagSYN, "rst": FlagRST, "psh": FlagPSH, "ack": FlagACK, "urg": FlagURG}
+	var f TCPFlags
+	for _, word := range strings.Split(s, ",") {
+		word = strings.ToLower(strings.TrimSpace(word))
+		name, neg := strings.CutPrefix(word, "!")
+		bit, ok := bits[name]
+		if !ok {
+			return TCPFlags{}, fmt.Errorf("%q: %q is not one of fin, syn, rst, psh, ack, urg (each may be negated with !)", s, word)
+		}
+		if f.Mask&bit != 0 {
+			return TCPFlags{}, fmt.Errorf("%q names %s twice", s, name)
+		}
+		f.Mask |= bit
+		if !neg {
+			f.Want |= bit
+		}
+	}
+	return f, nil
+}
+
+// parseNetwork reads "192.168.1.0/24", "fd00::/8" or a bare address.
+func parseNetwork(s string) (netip.Prefix, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a network such as \"192.168.1.0/24\"", s)
+	}
+	if p != p.Masked() {
+		return netip.Prefix{}, fmt.Errorf("%q has host bits set: did you mean %q?", s, p.Masked())
+	}
+	return p, nil
 }
 
 // ports validates a list of PORT[:proto]; errors name field[j].
@@ -303,16 +460,42 @@ func (v *validator) crossCheck(doors []rawDoor) {
 		}
 	}
 	for i, d := range doors {
-		for j, s := range d.Sequence {
-			k, err := ParseKnock(s)
-			if err != nil {
-				continue // reported already
+		for _, list := range []struct {
+			field string
+			seq   []string
+		}{{"sequence", d.Sequence}, {"close_sequence", d.CloseSequence}} {
+			field := list.field
+			for j, s := range list.seq {
+				k, err := ParseKnock(s)
+				if err != nil {
+					continue // reported already
+				}
+				for _, o := range all {
+					if o.port.Proto == k.Proto && k.Num >= o.port.Num && k.Num <= o.port.End() {
+						v.add(i, d.Name, fmt.Sprintf("%s[%d]", field, j),
+							"%s is also opened by door %q (%s): a knock port must not be an opened port", k, o.door, o.port)
+						break
+					}
+				}
 			}
-			for _, o := range all {
-				if o.port.Proto == k.Proto && k.Num >= o.port.Num && k.Num <= o.port.End() {
-					v.add(i, d.Name, fmt.Sprintf("sequence[%d]", j),
-						"%s is also opened by door %q (%s): a knock port must not be an opened port", k, o.door, o.port)
-					break
+		}
+	}
+}
+
+// crossCheckOneTime applies crossCheck's rule to the sequence a
+// one_time_sequences file has due now.
+func (v *validator) crossCheckOneTime(doors []Door) {
+	for i, d := range doors {
+		if d.OneTime == "" {
+			continue
+		}
+		for _, k := range d.Sequence {
+			for _, o := range doors {
+				for _, p := range o.Open {
+					if p.Proto == k.Proto && k.Num >= p.Num && k.Num <= p.End() {
+						v.add(i, d.Name, "one_time_sequences",
+							"%s: the sequence due now knocks on %s, which door %q opens: a knock port must not be an opened port", d.OneTime, k, o.Name)
+					}
 				}
 			}
 		}

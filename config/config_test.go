@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -273,5 +274,103 @@ func TestREADMEShowsDefaultConfig(t *testing.T) {
 	want := "```toml\n" + string(DefaultTOML()) + "```\n"
 	if !strings.Contains(string(readme), want) {
 		t.Errorf("README.md has no ```toml block equal to config/default.toml; paste `nftknockd -print-config` into it")
+	}
+}
+
+// TestKnockdDoorKeys covers the keys of knockd's doors: what they parse
+// into, and what is refused.
+func TestKnockdDoorKeys(t *testing.T) {
+	dir := t.TempDir()
+	ot := filepath.Join(dir, "otp")
+	if err := os.WriteFile(ot, []byte("# used ones are commented out\n7100:udp,7200\n7300 7400:udp\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	good := `
+[[door]]
+name = "ssh"
+sequence = ["7000", "1000:icmp", "9000:udp"]
+close_sequence = ["9100", "9200:udp"]
+seq_timeout = "5s"
+tcp_flags = "syn,!ack,!rst"
+interface = "eth0"
+open = ["22:tcp", "60000-61000:udp"]
+open_to = "anyone"
+open_for = "1m"
+always_allow = ["192.168.1.0/24", "fd00::/8", "10.1.2.3", "2001:db8::1"]
+on_open = ["/usr/local/bin/notify", "{door}", "{src}"]
+on_close = ["/usr/local/bin/notify", "closed"]
+hook_timeout = "3s"
+
+[[door]]
+name = "otp"
+one_time_sequences = "` + ot + `"
+seq_timeout = "5s"
+open = ["2222"]
+open_for = "10s"
+`
+	cfg, err := Parse("f.toml", []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := cfg.Doors[0]
+	checks := map[string]bool{
+		"sequence":      len(d.Sequence) == 3 && d.Sequence[1] == (Port{Num: 1000, Proto: ICMP}),
+		"close":         len(d.CloseSequence) == 2 && d.CloseSequence[1] == (Port{Num: 9200, Proto: UDP}),
+		"tcp_flags":     d.TCPFlags == TCPFlags{Mask: FlagSYN | FlagACK | FlagRST, Want: FlagSYN},
+		"interface":     d.Interface == "eth0",
+		"open range":    d.Open[1] == (Port{Num: 60000, Last: 61000, Proto: UDP}),
+		"open_to":       d.OpenToAnyone,
+		"always_allow":  len(d.AlwaysAllow) == 4 && d.AlwaysAllow[2] == netip.MustParsePrefix("10.1.2.3/32") && d.AlwaysAllow[3] == netip.MustParsePrefix("2001:db8::1/128"),
+		"on_open":       len(d.OnOpen) == 3 && d.OnOpen[2] == "{src}",
+		"hook_timeout":  d.HookTimeout == 3*time.Second,
+		"default flags": cfg.Doors[1].TCPFlags == DefaultTCPFlags,
+		"one-time":      cfg.Doors[1].OneTime == ot && len(cfg.Doors[1].Sequence) == 2 && cfg.Doors[1].Sequence[0] == (Port{Num: 7100, Proto: UDP}),
+		"default hooks": cfg.Doors[1].HookTimeout == defaultHookTimeout && cfg.Doors[1].OnOpen == nil,
+	}
+	for name, ok := range checks {
+		if !ok {
+			t.Errorf("%s: not parsed as expected: %+v", name, cfg.Doors)
+		}
+	}
+
+	base := "[[door]]\nname = \"ssh\"\nsequence = [\"7000\"]\nseq_timeout = \"5s\"\nopen = [\"22\"]\nopen_for = \"1m\"\n"
+	for _, tt := range []struct{ name, extra, want string }{
+		{"flag name", `tcp_flags = "syn,fyn"`, `tcp_flags: "syn,fyn": "fyn" is not one of fin, syn, rst, psh, ack, urg`},
+		{"flag twice", `tcp_flags = "syn,!syn"`, `tcp_flags: "syn,!syn" names syn twice`},
+		{"open_to", `open_to = "everyone"`, `open_to: "everyone" is neither "source"`},
+		{"network host bits", `always_allow = ["192.168.1.5/24"]`, `always_allow[0]: "192.168.1.5/24" has host bits set: did you mean "192.168.1.0/24"?`},
+		{"network garbage", `always_allow = ["lan"]`, `always_allow[0]: "lan" is neither an address nor a network`},
+		{"interface", `interface = "eth0/1"`, `interface: "eth0/1" is not an interface name`},
+		{"long interface", `interface = "abcdefghijklmnop"`, `interface: "abcdefghijklmnop" is not an interface name`},
+		{"relative hook", `on_open = ["notify", "{src}"]`, `on_open[0]: "notify" must be an absolute path`},
+		{"empty hook", `on_close = []`, `on_close: empty`},
+		{"close same as open", `close_sequence = ["7000"]`, `close_sequence: is the same as sequence`},
+		{"close on opened port", `close_sequence = ["22"]`, `close_sequence[0]: 22:tcp is also opened by door "ssh"`},
+		{"both sequences", `one_time_sequences = "` + ot + `"`, `a door has either sequence or one_time_sequences, not both`},
+		{"hook timeout", `hook_timeout = "1h"`, `hook_timeout: "1h" is longer than`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("f.toml", []byte(base+tt.extra+"\n"))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+
+	rel := strings.Replace(base, `sequence = ["7000"]`, `one_time_sequences = "otp.txt"`, 1)
+	if _, err := Parse("f.toml", []byte(rel)); err == nil || !strings.Contains(err.Error(), `one_time_sequences: "otp.txt" must be an absolute path`) {
+		t.Errorf("relative one_time_sequences: %v", err)
+	}
+	crossed := filepath.Join(dir, "crossed")
+	if err := os.WriteFile(crossed, []byte("7100:udp,22\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cr := strings.Replace(base, `sequence = ["7000"]`, `one_time_sequences = "`+crossed+`"`, 1)
+	if _, err := Parse("f.toml", []byte(cr)); err == nil || !strings.Contains(err.Error(), `knocks on 22:tcp, which door "ssh" opens`) {
+		t.Errorf("one-time sequence on an opened port: %v", err)
+	}
+	missing := strings.Replace(base, `sequence = ["7000"]`, `one_time_sequences = "`+filepath.Join(dir, "absent")+`"`, 1)
+	if _, err := Parse("f.toml", []byte(missing)); err == nil || !strings.Contains(err.Error(), "one_time_sequences") {
+		t.Errorf("missing one_time_sequences file: %v", err)
 	}
 }

@@ -8,6 +8,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 )
 
@@ -54,18 +55,60 @@ func (p Port) String() string {
 	return fmt.Sprintf("%d:%s", p.Num, p.Proto)
 }
 
+// TCPFlags is knockd's tcpflags filter: a TCP knock counts only when
+// flags&Mask == Want. "syn,!ack" is {Mask: SYN|ACK, Want: SYN}.
+type TCPFlags struct {
+	Mask, Want uint8
+}
+
+// TCP flag bits, as in the TCP header.
+const (
+	FlagFIN uint8 = 0x01
+	FlagSYN uint8 = 0x02
+	FlagRST uint8 = 0x04
+	FlagPSH uint8 = 0x08
+	FlagACK uint8 = 0x10
+	FlagURG uint8 = 0x20
+)
+
+// DefaultTCPFlags is "syn,!ack": a connection attempt.
+var DefaultTCPFlags = TCPFlags{Mask: FlagSYN | FlagACK, Want: FlagSYN}
+
+// Match reports whether a TCP packet with flags counts as a knock.
+func (f TCPFlags) Match(flags uint8) bool { return flags&f.Mask == f.Want }
+
 // Door is one knock sequence and what it opens.
 type Door struct {
 	// Name is unique, [a-z0-9_]+; the door's sets are <Name>_v4 and <Name>_v6.
 	Name string
-	// Sequence is the ordered list of knocks.
+	// Sequence is the ordered list of knocks. For a door with OneTime it
+	// is the file's sequence due now, empty once the file has run out
+	// (the door is then disabled: it opens nothing).
 	Sequence []Port
+	// CloseSequence, if any, removes the source's grant at once.
+	CloseSequence []Port
+	// OneTime is the path of a knockd one_time_sequences file, or "".
+	OneTime string
 	// SeqTimeout bounds the whole sequence, counted from the first knock.
 	SeqTimeout time.Duration
-	// Open lists the ports a completed knock opens to the knocking source.
+	// TCPFlags filters TCP knocks; other TCP packets are ignored.
+	TCPFlags TCPFlags
+	// Interface, if set, is the only input interface knocks count on.
+	Interface string
+	// Open lists the ports a completed knock opens.
 	Open []Port
+	// OpenToAnyone opens them to every address, not just the knocking one.
+	OpenToAnyone bool
 	// OpenFor is the timeout of the kernel set element a knock adds.
 	OpenFor time.Duration
+	// AlwaysAllow are networks that reach the door's ports without knocking.
+	AlwaysAllow []netip.Prefix
+	// OnOpen and OnClose are argv arrays run (never through a shell) when
+	// the door opens for a source and when that grant ends; "{src}" and
+	// "{door}" are replaced when they are a whole argument.
+	OnOpen, OnClose []string
+	// HookTimeout bounds each hook's run.
+	HookTimeout time.Duration
 }
 
 // Config is a whole validated configuration.

@@ -75,7 +75,7 @@ func TestWrongKnocksStayClosed(t *testing.T) {
 		mustKnock(t, l, false, 0, seq...)
 		mustFiltered(t, l, lab.ClientV4, ssh4)
 	}
-	if err := d.WaitLog("knock reset: wrong port", time.Second); err != nil {
+	if err := d.WaitLog("knock reset: wrong knock", time.Second); err != nil {
 		t.Error(err)
 	}
 

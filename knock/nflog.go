@@ -1,6 +1,7 @@
 package knock
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -30,8 +31,9 @@ const (
 	nfulnlCfgCmdUnbind = 2
 	nfulnlCopyPacket   = 2
 
-	nfulaIfindexIndev = 4 // NFULA_IFINDEX_INDEV: be32
-	nfulaPayload      = 9 // NFULA_PAYLOAD: packet bytes from the network header
+	nfulaIfindexIndev = 4  // NFULA_IFINDEX_INDEV: be32
+	nfulaPayload      = 9  // NFULA_PAYLOAD: packet bytes from the network header
+	nfulaPrefix       = 10 // NFULA_PREFIX: the log rule's prefix, NUL-terminated
 
 	nfgenmsgLen = 4 // struct nfgenmsg: family, version, be16 res_id (the group)
 
@@ -165,13 +167,23 @@ func hasCapNetAdmin() bool {
 	return unix.Capget(&hdr, &data[0]) == nil && data[0].Effective&(1<<unix.CAP_NET_ADMIN) != 0
 }
 
+// Logged is one packet as NFLOG delivers it. Its slices alias the received
+// message and are only valid during the handler's call.
+type Logged struct {
+	// Payload is the copied packet, from its network header on.
+	Payload []byte
+	// Prefix is the `log prefix` of the rule that logged it, without the
+	// NUL: it tells which rule, and so which door, the packet matched.
+	Prefix []byte
+	// InIfindex is the input interface index, 0 if absent.
+	InIfindex uint32
+}
+
 // Run reads until ctx is done (returns nil), Close is called (returns nil) or
-// a fatal error. For each logged packet it calls handle with the copied
-// payload (starting at the network header) and the input interface index
-// (0 if absent). The payload slice is only valid during the call.
+// a fatal error, calling handle for each logged packet.
 // ENOBUFS (the socket buffer overran: the kernel dropped log messages) is
 // counted, logged with the running total, and is never fatal.
-func (l *NFLOG) Run(ctx context.Context, handle func(payload []byte, ifindex uint32)) error {
+func (l *NFLOG) Run(ctx context.Context, handle func(Logged)) error {
 	if err := l.conn.SetReadDeadline(time.Time{}); err != nil && !l.closed.Load() {
 		return fmt.Errorf("NFLOG group %d: %w", l.group, err)
 	}
@@ -194,13 +206,13 @@ func (l *NFLOG) Run(ctx context.Context, handle func(payload []byte, ifindex uin
 			if m.Header.Type != nflogPacketType {
 				continue
 			}
-			payload, ifindex, ok := parseNFLOGPacket(m.Data)
+			lg, ok := parseNFLOGPacket(m.Data)
 			if !ok {
 				n := l.malformed.Add(1)
 				l.log.Warn("skipped malformed NFLOG message", zap.Uint64("malformed", n))
 				continue
 			}
-			handle(payload, ifindex)
+			handle(lg)
 		}
 	}
 	return nil
@@ -210,34 +222,39 @@ func (l *NFLOG) Run(ctx context.Context, handle func(payload []byte, ifindex uin
 // not use netlink.AttributeDecoder because that copies every attribute; the
 // payload returned here is a sub-slice of b. A last attribute without its
 // padding is accepted, as the kernel's own nla_parse does.
-func parseNFLOGPacket(b []byte) (payload []byte, ifindex uint32, ok bool) {
+func parseNFLOGPacket(b []byte) (lg Logged, ok bool) {
 	if len(b) < nfgenmsgLen {
-		return nil, 0, false
+		return Logged{}, false
 	}
 	for b = b[nfgenmsgLen:]; len(b) > 0; {
 		if len(b) < 4 {
-			return nil, 0, false
+			return Logged{}, false
 		}
 		n := int(binary.NativeEndian.Uint16(b)) // nlattr header is host order
 		typ := binary.NativeEndian.Uint16(b[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
 		if n < 4 || n > len(b) {
-			return nil, 0, false
+			return Logged{}, false
 		}
 		switch v := b[4:n:n]; typ {
 		case nfulaIfindexIndev:
 			if len(v) != 4 {
-				return nil, 0, false
+				return Logged{}, false
 			}
-			ifindex = binary.BigEndian.Uint32(v)
+			lg.InIfindex = binary.BigEndian.Uint32(v)
 		case nfulaPayload:
-			payload = v
+			lg.Payload = v
+		case nfulaPrefix:
+			if i := bytes.IndexByte(v, 0); i >= 0 {
+				v = v[:i]
+			}
+			lg.Prefix = v
 		}
 		b = b[min((n+3)&^3, len(b)):]
 	}
-	if payload == nil {
-		return nil, 0, false // we asked for NFULNL_COPY_PACKET
+	if lg.Payload == nil {
+		return Logged{}, false // we asked for NFULNL_COPY_PACKET
 	}
-	return payload, ifindex, true
+	return lg, true
 }
 
 // Overruns returns how many times the socket overran (ENOBUFS) since ListenNFLOG.

@@ -116,7 +116,8 @@ func nflogRun(t *testing.T, l *NFLOG, hook func()) (pkts chan nflogPacket, stop 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- l.Run(ctx, func(payload []byte, ifindex uint32) {
+		done <- l.Run(ctx, func(lg Logged) {
+			payload, ifindex := lg.Payload, lg.InIfindex
 			if hook != nil {
 				hook()
 			}
@@ -408,7 +409,7 @@ func TestNFLOGCloseStopsRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- l.Run(context.Background(), func([]byte, uint32) {}) }()
+	go func() { done <- l.Run(context.Background(), func(Logged) {}) }()
 	time.Sleep(50 * time.Millisecond) // let Run block in recvmsg
 	if err := l.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
@@ -496,6 +497,7 @@ func TestNFLOGParsePacket(t *testing.T) {
 		ok      bool
 	}{
 		{"full", nflogCat(nfgen, hwProto, indev, prefix, payload), []byte{0x45, 1, 2}, 7, true},
+		{"prefix without NUL", nflogCat(nfgen, attr(10, 's', 's', 'h'), payload), []byte{0x45, 1, 2}, 0, true},
 		{"unpadded last attribute", nflogCat(nfgen, indev, unpadded), []byte{0x45, 1, 2}, 7, true},
 		{"no indev", nflogCat(nfgen, payload), []byte{0x45, 1, 2}, 0, true},
 		{"empty payload", nflogCat(nfgen, attr(nfulaPayload)), []byte{}, 0, true},
@@ -507,9 +509,13 @@ func TestNFLOGParsePacket(t *testing.T) {
 		{"short indev", nflogCat(nfgen, attr(nfulaIfindexIndev, 1), payload), nil, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, ifi, ok := parseNFLOGPacket(tc.msg)
+			lg, ok := parseNFLOGPacket(tc.msg)
+			p, ifi := lg.Payload, lg.InIfindex
 			if ok != tc.ok || ifi != tc.ifindex || !bytes.Equal(p, tc.payload) || (p == nil) != (tc.payload == nil) {
 				t.Errorf("parseNFLOGPacket = % x, %d, %t; want % x, %d, %t", p, ifi, ok, tc.payload, tc.ifindex, tc.ok)
+			}
+			if wantPrefix := map[string]string{"full": "knock", "prefix without NUL": "ssh"}[tc.name]; string(lg.Prefix) != wantPrefix {
+				t.Errorf("prefix %q, want %q", lg.Prefix, wantPrefix)
 			}
 			// The payload aliases the message: nothing is copied.
 			if ok && len(p) > 0 && &p[0] != &tc.msg[bytes.Index(tc.msg, p)] {

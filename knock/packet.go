@@ -10,12 +10,12 @@ import (
 
 // TCP flag bits as they stand in the TCP header's flags byte.
 const (
-	FlagFIN uint8 = 0x01
-	FlagSYN uint8 = 0x02
-	FlagRST uint8 = 0x04
-	FlagPSH uint8 = 0x08
-	FlagACK uint8 = 0x10
-	FlagURG uint8 = 0x20
+	FlagFIN = config.FlagFIN
+	FlagSYN = config.FlagSYN
+	FlagRST = config.FlagRST
+	FlagPSH = config.FlagPSH
+	FlagACK = config.FlagACK
+	FlagURG = config.FlagURG
 )
 
 // Packet is what the tracker needs of one logged packet.
@@ -24,10 +24,17 @@ type Packet struct {
 	// 4in6); an IPv6 source is kept as the 16 bytes on the wire, even if it
 	// happens to be v4-mapped, so the family always matches the header.
 	Src netip.Addr
-	// Proto is config.TCP or config.UDP.
+	// Proto is config.TCP, config.UDP, or config.ICMP for an echo request
+	// (ICMP or ICMPv6).
 	Proto config.Proto
-	// DstPort is the transport destination port.
+	// DstPort is the transport destination port; for an echo request, the
+	// size of its payload as the IP header tells it (what `ping -s N` sets),
+	// however much of it the copy holds.
 	DstPort uint16
+	// Door is the door whose knock rule logged the packet (its index in the
+	// config), or -1 for a packet the scan rule logged. The parser leaves it
+	// alone: the NFLOG prefix, not the packet, says which rule matched.
+	Door int
 	// TCPFlags is the TCP header's flags byte, whole: besides the Flag*
 	// bits it may carry ECE (0x40) and CWR (0x80), which an ECN-capable
 	// client sets on its SYN, so callers should mask before comparing.
@@ -54,14 +61,20 @@ var (
 // IP protocol / IPv6 next-header numbers the parser knows.
 const (
 	ipProtoHopByHop = 0
+	ipProtoICMP     = 1
 	ipProtoTCP      = 6
 	ipProtoUDP      = 17
 	ipProtoRouting  = 43
 	ipProtoFragment = 44
 	ipProtoESP      = 50
 	ipProtoAH       = 51
+	ipProtoICMPv6   = 58
 	ipProtoNoNext   = 59
 	ipProtoDstOpts  = 60
+
+	icmpEchoRequest   = 8
+	icmpv6EchoRequest = 128
+	icmpHeader        = 8 // type, code, checksum, identifier, sequence
 )
 
 const (
@@ -128,7 +141,7 @@ func parseIPv4(b []byte, p *Packet) error {
 		return ErrFragment
 	}
 	p.Src = netip.AddrFrom4([4]byte(b[12:16]))
-	return parseL4(b[9], b[ihl:], trimmed, p)
+	return parseL4(b[9], b[ihl:], total-ihl, trimmed, p)
 }
 
 func parseIPv6(b []byte, p *Packet) error {
@@ -139,7 +152,8 @@ func parseIPv6(b []byte, p *Packet) error {
 	// A payload length of 0 means a jumbogram (or a BIG TCP GSO packet)
 	// whose real length is elsewhere, so it is left alone.
 	trimmed := false
-	if plen := int(binary.BigEndian.Uint16(b[4:6])); plen != 0 && ipv6Header+plen < len(b) {
+	plen := int(binary.BigEndian.Uint16(b[4:6]))
+	if plen != 0 && ipv6Header+plen < len(b) {
 		b = b[:ipv6Header+plen]
 		trimmed = true
 	}
@@ -150,8 +164,12 @@ func parseIPv6(b []byte, p *Packet) error {
 	for range maxExtHeaders {
 		var n int
 		switch next {
-		case ipProtoTCP, ipProtoUDP:
-			return parseL4(next, b[off:], trimmed, p)
+		case ipProtoTCP, ipProtoUDP, ipProtoICMPv6:
+			l4len := -1 // a jumbogram's length is not in the header
+			if plen != 0 {
+				l4len = ipv6Header + plen - off
+			}
+			return parseL4(next, b[off:], l4len, trimmed, p)
 		case ipProtoHopByHop, ipProtoRouting, ipProtoDstOpts:
 			if len(b) < off+2 {
 				return shortErr(trimmed)
@@ -173,8 +191,8 @@ func parseIPv6(b []byte, p *Packet) error {
 			}
 			n = (int(b[off+1]) + 2) * 4
 		default:
-			// ESP (encrypted), no next header, ICMPv6 and anything
-			// else: there are no ports to read.
+			// ESP (encrypted), no next header and anything else:
+			// there are no ports to read.
 			return ErrUnsupported
 		}
 		// The whole extension header must be present, both so that the
@@ -189,9 +207,25 @@ func parseIPv6(b []byte, p *Packet) error {
 	return ErrUnsupported
 }
 
-// parseL4 reads the TCP or UDP header at the start of b.
-func parseL4(proto uint8, b []byte, trimmed bool, p *Packet) error {
+// parseL4 reads the TCP, UDP or ICMP echo request header at the start of
+// b. l4len is the length of the L4 segment as the IP header states it (-1
+// when it does not), which may exceed len(b): the copy may be cut short.
+func parseL4(proto uint8, b []byte, l4len int, trimmed bool, p *Packet) error {
 	switch proto {
+	case ipProtoICMP, ipProtoICMPv6:
+		if len(b) < 1 {
+			return shortErr(trimmed)
+		}
+		if (proto == ipProtoICMP && b[0] != icmpEchoRequest) || (proto == ipProtoICMPv6 && b[0] != icmpv6EchoRequest) {
+			return ErrUnsupported
+		}
+		if l4len < icmpHeader {
+			return ErrMalformed
+		}
+		p.Proto = config.ICMP
+		p.DstPort = uint16(l4len - icmpHeader)
+		p.TCPFlags = 0
+		return nil
 	case ipProtoTCP:
 		if len(b) < tcpNeed {
 			return shortErr(trimmed)

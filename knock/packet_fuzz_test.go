@@ -34,8 +34,11 @@ func FuzzParseIP(f *testing.F) {
 			return
 		}
 
-		if p.Proto != config.TCP && p.Proto != config.UDP {
+		if p.Proto != config.TCP && p.Proto != config.UDP && p.Proto != config.ICMP {
 			t.Fatalf("accepted packet with Proto %v", p.Proto)
+		}
+		if p.Proto == config.ICMP && p.TCPFlags != 0 {
+			t.Fatalf("ICMP packet with TCPFlags %#x", p.TCPFlags)
 		}
 		if !p.Src.IsValid() {
 			t.Fatal("accepted packet with an invalid Src")
@@ -72,6 +75,9 @@ func FuzzParseIP(f *testing.F) {
 				return
 			}
 			l4, proto = 40, b[6]
+		}
+		if p.Proto == config.ICMP {
+			return // its "port" is a length from the IP header, checked in TestParseIP
 		}
 		if uint8(p.Proto) != proto {
 			t.Fatalf("Proto %v, header says %d", p.Proto, proto)

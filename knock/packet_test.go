@@ -247,7 +247,12 @@ func parseCases() []parseCase {
 			b:    func() []byte { b := mkIPv4(ipProtoUDP, udp)[:30]; b[0] = 0x4f; return b }(),
 			err:  ErrTruncated,
 		},
-		{name: "v4 ICMP", b: mkIPv4(1, []byte{8, 0, 0, 0, 0, 1, 0, 1}), err: ErrUnsupported},
+		{name: "v4 ICMP echo request, empty", b: mkIPv4(ipProtoICMP, []byte{8, 0, 0, 0, 0, 1, 0, 1}),
+			want: Packet{Src: testSrc4, Proto: config.ICMP, DstPort: 0}, need: 20 + 1},
+		{name: "v4 ICMP echo request, ping -s 1000", b: mkIPv4(ipProtoICMP, append([]byte{8, 0, 0, 0, 0, 1, 0, 1}, make([]byte, 1000)...)),
+			want: Packet{Src: testSrc4, Proto: config.ICMP, DstPort: 1000}, need: 20 + 1},
+		{name: "v4 ICMP echo reply", b: mkIPv4(ipProtoICMP, []byte{0, 0, 0, 0, 0, 1, 0, 1}), err: ErrUnsupported},
+		{name: "v4 ICMP shorter than its header", b: mkIPv4(ipProtoICMP, []byte{8, 0, 0, 0}), err: ErrMalformed},
 		{name: "v4 ESP", b: mkIPv4(ipProtoESP, make([]byte, 16)), err: ErrUnsupported},
 		{
 			name: "v4 TCP data offset 4",
@@ -271,7 +276,11 @@ func parseCases() []parseCase {
 			err:  ErrUnsupported,
 		},
 		{name: "v6 no next header", b: mkIPv6(ipProtoNoNext, nil), err: ErrUnsupported},
-		{name: "v6 ICMPv6", b: mkIPv6(58, []byte{128, 0, 0, 0, 0, 1, 0, 1}), err: ErrUnsupported},
+		{name: "v6 ICMPv6 echo request, ping -s 56", b: mkIPv6(ipProtoICMPv6, append([]byte{128, 0, 0, 0, 0, 1, 0, 1}, make([]byte, 56)...)),
+			want: Packet{Src: testSrc6, Proto: config.ICMP, DstPort: 56}, need: 40 + 1},
+		{name: "v6 ICMPv6 echo request after hop-by-hop", b: mkIPv6(ipProtoHopByHop, mkCat(mkOpts(ipProtoICMPv6, 0), []byte{128, 0, 0, 0, 0, 1, 0, 1}, make([]byte, 20))),
+			want: Packet{Src: testSrc6, Proto: config.ICMP, DstPort: 20}, need: 40 + 8 + 1},
+		{name: "v6 ICMPv6 neighbor solicitation", b: mkIPv6(ipProtoICMPv6, []byte{135, 0, 0, 0, 0, 0, 0, 0}), err: ErrUnsupported},
 		{
 			name: "v6 too many extension headers",
 			b: func() []byte {

@@ -12,13 +12,15 @@ type EventKind uint8
 
 // The events a Tracker reports.
 const (
-	// EventStep: a knock advanced a source through a door; Step knocks of
-	// the door's sequence are now done.
+	// EventStep: a knock advanced a source through a sequence; Step knocks
+	// of it are now done.
 	EventStep EventKind = iota + 1
 	// EventOpen: a source completed a door's sequence.
 	EventOpen
-	// EventReset: a knock on one of the door's ports that was not the next
-	// step threw away the source's progress (Got was sent, Want expected).
+	// EventClose: a source completed a door's close sequence.
+	EventClose
+	// EventReset: the source's progress through a sequence was thrown
+	// away; Reason says why.
 	EventReset
 	// EventTimeout: the sequence was not completed within seq_timeout of
 	// its first knock.
@@ -34,6 +36,8 @@ func (k EventKind) String() string {
 		return "step"
 	case EventOpen:
 		return "open"
+	case EventClose:
+		return "close"
 	case EventReset:
 		return "reset"
 	case EventTimeout:
@@ -44,27 +48,63 @@ func (k EventKind) String() string {
 	return "unknown"
 }
 
-// Event is one thing that happened to one source. Door indexes the doors
-// the Tracker was made with; it is -1 for EventEvict.
-type Event struct {
-	Kind EventKind
-	Door int
-	Src  netip.Addr
-	Step int // knocks done: after EventStep, or before EventReset/EventTimeout
-	Got  config.Port
-	Want config.Port
+// ResetReason says why an EventReset happened.
+type ResetReason uint8
+
+const (
+	// ResetWrongKnock: a knock on one of the door's own ports that was not
+	// the next step (Got was sent, Want expected).
+	ResetWrongKnock ResetReason = iota + 1
+	// ResetOtherPort: a new connection to a port that is no step of the
+	// door — what a port scan that walks the knock ports in order does.
+	ResetOtherPort
+)
+
+func (r ResetReason) String() string {
+	switch r {
+	case ResetWrongKnock:
+		return "wrong knock"
+	case ResetOtherPort:
+		return "connection to another port"
+	}
+	return ""
 }
 
-// Tracker follows each source's progress through each door's sequence.
+// Event is one thing that happened to one source. Door indexes the doors
+// the Tracker was made with; it is -1 for EventEvict. Close says the event
+// concerns the door's close sequence.
+type Event struct {
+	Kind   EventKind
+	Door   int
+	Close  bool
+	Src    netip.Addr
+	Step   int // knocks done: after EventStep, or before EventReset/EventTimeout
+	Of     int // length of the sequence
+	Reason ResetReason
+	Got    config.Port
+	Want   config.Port // for ResetWrongKnock
+}
+
+// Tracker follows each source's progress through each door's sequences.
 //
-// Cost per packet is O(doors sharing the packet's port): a map lookup for
-// the port, one for the source, and a compare with the expected step.
-// Memory is bounded by maxTracked sources; the least recently seen source
-// is forgotten first. A Tracker is not safe for concurrent use: the daemon
-// gives it one owner goroutine.
+// The kernel decides which door a knock is for: each door's knock rules
+// log with the door's index as prefix, after matching the door's
+// interface, TCP flags and ICMP payload size, so Packet.Door names it.
+// Packets from the scan rule (Door -1) are new connections from sources
+// that are part-way through a sequence, to ports that are no knock port.
+//
+// Cost per packet is O(sequences of the door) plus, for a source that is
+// being tracked, O(sequences it is part-way through). Memory is bounded by
+// maxTracked sources; the least recently seen source is forgotten first.
+// A Tracker is not safe for concurrent use: the daemon gives it one owner
+// goroutine.
 type Tracker struct {
-	doors   []config.Door
-	byPort  map[config.Port][]int // knock port → doors with a step on it
+	doors []config.Door
+	seqs  []sequence
+	// doorSeqs[d] are the indexes in seqs of door d's sequences.
+	doorSeqs [][]int
+	// ports[d] are all knock steps of door d, open and close.
+	ports   []map[config.Port]bool
 	max     int
 	sources map[netip.Addr]*source
 	// head is the least recently seen source, tail the most recent: a
@@ -75,11 +115,17 @@ type Tracker struct {
 	emit       func(Event)
 }
 
+type sequence struct {
+	door  int
+	close bool
+	steps []config.Port
+}
+
 type source struct {
 	addr       netip.Addr
 	prev, next *source
-	progress   []progress // one per door
-	active     int        // doors with step > 0
+	progress   []progress // one per sequence
+	active     int        // sequences with step > 0
 }
 
 type progress struct {
@@ -91,22 +137,49 @@ type progress struct {
 // emit is called synchronously and must not call back into the Tracker.
 func NewTracker(doors []config.Door, maxTracked int, emit func(Event)) *Tracker {
 	t := &Tracker{
-		doors:   doors,
-		byPort:  map[config.Port][]int{},
-		max:     max(maxTracked, 1),
-		sources: map[netip.Addr]*source{},
-		emit:    emit,
+		doors:    doors,
+		doorSeqs: make([][]int, len(doors)),
+		ports:    make([]map[config.Port]bool, len(doors)),
+		max:      max(maxTracked, 1),
+		sources:  map[netip.Addr]*source{},
+		emit:     emit,
 	}
 	for i, d := range doors {
-		seen := map[config.Port]bool{}
-		for _, p := range d.Sequence {
-			if !seen[p] {
-				seen[p] = true
-				t.byPort[p] = append(t.byPort[p], i)
-			}
+		t.doorSeqs[i] = append(t.doorSeqs[i], len(t.seqs))
+		t.seqs = append(t.seqs, sequence{door: i, steps: d.Sequence})
+		if len(d.CloseSequence) > 0 {
+			t.doorSeqs[i] = append(t.doorSeqs[i], len(t.seqs))
+			t.seqs = append(t.seqs, sequence{door: i, close: true, steps: d.CloseSequence})
 		}
+		t.indexPorts(i)
 	}
 	return t
+}
+
+func (t *Tracker) indexPorts(door int) {
+	t.ports[door] = map[config.Port]bool{}
+	for _, si := range t.doorSeqs[door] {
+		for _, p := range t.seqs[si].steps {
+			t.ports[door][p] = true
+		}
+	}
+}
+
+// SetSequence replaces door's (open) sequence, as a one_time_sequences
+// door does once a sequence is used up, and forgets every source's
+// progress through the old one. An empty sequence disables the door.
+func (t *Tracker) SetSequence(door int, steps []config.Port) {
+	si := t.doorSeqs[door][0]
+	t.seqs[si].steps = steps
+	t.indexPorts(door)
+	for s := t.head; s != nil; {
+		next := s.next
+		s.clear(si)
+		if s.active == 0 {
+			t.remove(s)
+		}
+		s = next
+	}
 }
 
 // Len returns how many sources are being tracked.
@@ -114,74 +187,115 @@ func (t *Tracker) Len() int { return len(t.sources) }
 
 // Observe feeds one logged packet at time now.
 func (t *Tracker) Observe(now time.Time, p *Packet) {
-	// Only a connection attempt counts as a TCP knock: a SYN without ACK.
-	// Anything else (the stray ACK of an old connection, a RST) is ignored,
-	// neither a step nor a reason to reset.
-	if p.Proto == config.TCP && p.TCPFlags&(FlagSYN|FlagACK) != FlagSYN {
-		return
-	}
 	port := config.Port{Num: p.DstPort, Proto: p.Proto}
-	doors := t.byPort[port]
-	if len(doors) == 0 {
+	s := t.sources[p.Src]
+	if p.Door >= 0 && p.Door < len(t.doors) && t.counts(p.Door, p) {
+		for _, si := range t.doorSeqs[p.Door] {
+			s = t.step(now, s, p.Src, si, port)
+		}
+	}
+	if s == nil {
 		return
 	}
-	s := t.sources[p.Src]
-	for _, di := range doors {
-		s = t.step(now, s, p.Src, di, port)
-	}
-	if s != nil {
-		if s.active == 0 {
-			t.remove(s)
-		} else {
-			t.touch(s)
+	// A source part-way through another door's sequence has broken it off:
+	// it tried a port that is no step of that door.
+	if s.active > 0 && (p.Proto == config.TCP || p.Proto == config.UDP) {
+		for si := range t.seqs {
+			d := t.seqs[si].door
+			if s.progress[si].step == 0 || d == p.Door || t.ports[d][port] || !t.counts(d, p) {
+				continue
+			}
+			if t.expired(now, s, si) {
+				continue
+			}
+			t.emitReset(s, si, ResetOtherPort, port)
 		}
+	}
+	if s.active == 0 {
+		t.remove(s)
+	} else {
+		t.touch(s)
 	}
 }
 
-// step applies one knock on port to door di for the source s (nil when
-// not tracked yet) and returns the source, which it may have created.
-func (t *Tracker) step(now time.Time, s *source, src netip.Addr, di int, port config.Port) *source {
-	d := &t.doors[di]
-	if s != nil {
-		pr := &s.progress[di]
-		if pr.step > 0 && now.Sub(pr.started) > d.SeqTimeout {
-			t.emit(Event{Kind: EventTimeout, Door: di, Src: src, Step: pr.step})
-			s.clear(di)
-		}
-		if pr.step > 0 {
-			switch port {
-			case d.Sequence[pr.step]:
-				pr.step++
-				if pr.step == len(d.Sequence) {
-					s.clear(di)
-					t.emit(Event{Kind: EventOpen, Door: di, Src: src, Step: len(d.Sequence)})
-				} else {
-					t.emit(Event{Kind: EventStep, Door: di, Src: src, Step: pr.step})
-				}
-				return s
-			case d.Sequence[pr.step-1]:
-				// The step just done, again: a retransmitted SYN or a client
-				// that sends each knock twice. Not a reason to reset.
-				return s
-			}
-			t.emit(Event{Kind: EventReset, Door: di, Src: src, Step: pr.step, Got: port, Want: d.Sequence[pr.step]})
-			s.clear(di)
-		}
+// counts reports whether p is a connection attempt in door's terms: for
+// TCP, its flags must match the door's tcp_flags. Other packets are
+// ignored, neither a step nor a reason to reset.
+func (t *Tracker) counts(door int, p *Packet) bool {
+	return p.Proto != config.TCP || t.doors[door].TCPFlags.Match(p.TCPFlags)
+}
+
+// expired forgets progress older than its door's seq_timeout, reporting it.
+func (t *Tracker) expired(now time.Time, s *source, si int) bool {
+	pr := &s.progress[si]
+	if pr.step == 0 || now.Sub(pr.started) <= t.doors[t.seqs[si].door].SeqTimeout {
+		return false
 	}
-	if port != d.Sequence[0] {
+	sq := &t.seqs[si]
+	t.emit(Event{Kind: EventTimeout, Door: sq.door, Close: sq.close, Src: s.addr, Step: pr.step, Of: len(sq.steps)})
+	s.clear(si)
+	return true
+}
+
+func (t *Tracker) emitReset(s *source, si int, why ResetReason, got config.Port) {
+	sq := &t.seqs[si]
+	pr := &s.progress[si]
+	e := Event{Kind: EventReset, Door: sq.door, Close: sq.close, Src: s.addr, Step: pr.step, Of: len(sq.steps), Reason: why, Got: got}
+	if why == ResetWrongKnock {
+		e.Want = sq.steps[pr.step]
+	}
+	t.emit(e)
+	s.clear(si)
+}
+
+// step applies one knock on port to sequence si for the source s (nil
+// when not tracked yet) and returns the source, which it may have created.
+func (t *Tracker) step(now time.Time, s *source, src netip.Addr, si int, port config.Port) *source {
+	sq := &t.seqs[si]
+	if len(sq.steps) == 0 {
+		return s // a one-time door whose file has run out
+	}
+	if s != nil && !t.expired(now, s, si) && s.progress[si].step > 0 {
+		pr := &s.progress[si]
+		switch port {
+		case sq.steps[pr.step]:
+			pr.step++
+			if pr.step == len(sq.steps) {
+				s.clear(si)
+				t.emit(t.done(sq, src))
+			} else {
+				t.emit(Event{Kind: EventStep, Door: sq.door, Close: sq.close, Src: src, Step: pr.step, Of: len(sq.steps)})
+			}
+			return s
+		case sq.steps[pr.step-1]:
+			// The step just done, again: a retransmitted SYN or a client
+			// that sends each knock twice. Not a reason to reset.
+			return s
+		}
+		t.emitReset(s, si, ResetWrongKnock, port)
+	}
+	if port != sq.steps[0] {
 		return s
 	}
-	if len(d.Sequence) == 1 {
-		t.emit(Event{Kind: EventOpen, Door: di, Src: src, Step: 1})
+	if len(sq.steps) == 1 {
+		t.emit(t.done(sq, src))
 		return s
 	}
 	if s == nil {
 		s = t.add(src)
 	}
-	s.progress[di] = progress{step: 1, started: now}
+	s.progress[si] = progress{step: 1, started: now}
 	s.active++
-	t.emit(Event{Kind: EventStep, Door: di, Src: src, Step: 1})
+	t.emit(Event{Kind: EventStep, Door: sq.door, Close: sq.close, Src: src, Step: 1, Of: len(sq.steps)})
 	return s
+}
+
+func (t *Tracker) done(sq *sequence, src netip.Addr) Event {
+	kind := EventOpen
+	if sq.close {
+		kind = EventClose
+	}
+	return Event{Kind: kind, Door: sq.door, Close: sq.close, Src: src, Step: len(sq.steps), Of: len(sq.steps)}
 }
 
 // Sweep forgets progress older than its door's seq_timeout, reporting each
@@ -190,12 +304,8 @@ func (t *Tracker) step(now time.Time, s *source, src netip.Addr, di int, port co
 func (t *Tracker) Sweep(now time.Time) {
 	for s := t.head; s != nil; {
 		next := s.next
-		for di := range s.progress {
-			pr := &s.progress[di]
-			if pr.step > 0 && now.Sub(pr.started) > t.doors[di].SeqTimeout {
-				t.emit(Event{Kind: EventTimeout, Door: di, Src: s.addr, Step: pr.step})
-				s.clear(di)
-			}
+		for si := range s.progress {
+			t.expired(now, s, si)
 		}
 		if s.active == 0 {
 			t.remove(s)
@@ -204,11 +314,11 @@ func (t *Tracker) Sweep(now time.Time) {
 	}
 }
 
-func (s *source) clear(di int) {
-	if s.progress[di].step > 0 {
+func (s *source) clear(si int) {
+	if s.progress[si].step > 0 {
 		s.active--
 	}
-	s.progress[di] = progress{}
+	s.progress[si] = progress{}
 }
 
 // add starts tracking src, evicting the least recently seen source when
@@ -224,7 +334,7 @@ func (t *Tracker) add(src netip.Addr) *source {
 		t.free = s.next
 		s.next = nil
 	} else {
-		s = &source{progress: make([]progress, len(t.doors))}
+		s = &source{progress: make([]progress, len(t.seqs))}
 	}
 	s.addr = src
 	t.sources[src] = s

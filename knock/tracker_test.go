@@ -23,6 +23,7 @@ func sshDoor() config.Door {
 		Name:       "ssh",
 		Sequence:   []config.Port{{Num: 7000, Proto: config.TCP}, {Num: 8000, Proto: config.UDP}, {Num: 9000, Proto: config.TCP}},
 		SeqTimeout: 10 * time.Second,
+		TCPFlags:   config.DefaultTCPFlags,
 		Open:       []config.Port{{Num: 22, Proto: config.TCP}},
 		OpenFor:    30 * time.Second,
 	}
@@ -39,12 +40,17 @@ func (r *recorder) emit(e Event) {
 	if e.Door >= 0 {
 		door = r.doors[e.Door].Name
 	}
+	if e.Close {
+		door += "/close"
+	}
 	s := fmt.Sprintf("%s %s %s", e.Kind, door, e.Src)
-	switch e.Kind {
-	case EventStep:
+	switch {
+	case e.Kind == EventStep:
 		s += fmt.Sprintf(" %d", e.Step)
-	case EventReset:
+	case e.Kind == EventReset && e.Reason == ResetWrongKnock:
 		s += fmt.Sprintf(" at %d got %s want %s", e.Step, e.Got, e.Want)
+	case e.Kind == EventReset:
+		s += fmt.Sprintf(" at %d: %s %s", e.Step, e.Reason, e.Got)
 	}
 	r.events = append(r.events, s)
 }
@@ -60,6 +66,7 @@ func newTestTracker(max int, doors ...config.Door) (*Tracker, *recorder) {
 	return NewTracker(doors, max, r.emit), r
 }
 
+// syn and udp are knocks as door 0's knock rules log them.
 func syn(src netip.Addr, port uint16) *Packet {
 	return &Packet{Src: src, Proto: config.TCP, DstPort: port, TCPFlags: FlagSYN}
 }
@@ -67,6 +74,17 @@ func syn(src netip.Addr, port uint16) *Packet {
 func udp(src netip.Addr, port uint16) *Packet {
 	return &Packet{Src: src, Proto: config.UDP, DstPort: port}
 }
+
+// forDoor is p as door's knock rule logs it.
+func forDoor(door int, p *Packet) *Packet {
+	q := *p
+	q.Door = door
+	return &q
+}
+
+// scanned is p as the scan rule logs it: a new connection from a source
+// that is part-way through a sequence, to a port that is no knock port.
+func scanned(p *Packet) *Packet { return forDoor(-1, p) }
 
 func TestTracker(t *testing.T) {
 	type knock struct {
@@ -84,8 +102,8 @@ func TestTracker(t *testing.T) {
 			"step ssh 2001:db8::10 1; step ssh 2001:db8::10 2; open ssh 2001:db8::10"},
 		{"wrong order resets", []knock{{0, syn(srcA, 7000)}, {1, syn(srcA, 9000)}, {2, udp(srcA, 8000)}},
 			"step ssh 192.0.2.10 1; reset ssh 192.0.2.10 at 1 got 9000:tcp want 8000:udp"},
-		{"wrong protocol is another port", []knock{{0, syn(srcA, 7000)}, {1, &Packet{Src: srcA, Proto: config.TCP, DstPort: 8000, TCPFlags: FlagSYN}}},
-			"step ssh 192.0.2.10 1"},
+		{"wrong protocol is another port", []knock{{0, syn(srcA, 7000)}, {1, scanned(&Packet{Src: srcA, Proto: config.TCP, DstPort: 8000, TCPFlags: FlagSYN})}},
+			"step ssh 192.0.2.10 1; reset ssh 192.0.2.10 at 1: connection to another port 8000:tcp"},
 		{"reset on the first step starts again", []knock{{0, syn(srcA, 7000)}, {1, udp(srcA, 8000)}, {2, syn(srcA, 7000)}, {3, udp(srcA, 8000)}, {4, syn(srcA, 9000)}},
 			"step ssh 192.0.2.10 1; step ssh 192.0.2.10 2; reset ssh 192.0.2.10 at 2 got 7000:tcp want 9000:tcp; step ssh 192.0.2.10 1; step ssh 192.0.2.10 2; open ssh 192.0.2.10"},
 		{"repeated step is no reset", []knock{{0, syn(srcA, 7000)}, {1, syn(srcA, 7000)}, {2, udp(srcA, 8000)}, {3, udp(srcA, 8000)}, {4, syn(srcA, 9000)}},
@@ -98,9 +116,19 @@ func TestTracker(t *testing.T) {
 			""},
 		{"ACK is ignored, not a reset", []knock{{0, syn(srcA, 7000)}, {1, &Packet{Src: srcA, Proto: config.TCP, DstPort: 9000, TCPFlags: FlagACK}}, {2, udp(srcA, 8000)}},
 			"step ssh 192.0.2.10 1; step ssh 192.0.2.10 2"},
+		{"ACK scan of another port is ignored", []knock{{0, syn(srcA, 7000)}, {1, scanned(&Packet{Src: srcA, Proto: config.TCP, DstPort: 7500, TCPFlags: FlagACK})}, {2, udp(srcA, 8000)}},
+			"step ssh 192.0.2.10 1; step ssh 192.0.2.10 2"},
+		{"ordered scan resets", []knock{{0, syn(srcA, 7000)}, {1, scanned(syn(srcA, 7001))}, {2, udp(srcA, 8000)}, {3, syn(srcA, 9000)}},
+			"step ssh 192.0.2.10 1; reset ssh 192.0.2.10 at 1: connection to another port 7001:tcp"},
+		{"udp to another port resets", []knock{{0, syn(srcA, 7000)}, {1, udp(srcA, 8000)}, {2, scanned(udp(srcA, 53))}, {3, syn(srcA, 9000)}},
+			"step ssh 192.0.2.10 1; step ssh 192.0.2.10 2; reset ssh 192.0.2.10 at 2: connection to another port 53:udp"},
+		{"scan of a source not knocking is ignored", []knock{{0, scanned(syn(srcA, 7001))}},
+			""},
+		{"scan after seq_timeout is a timeout", []knock{{0, syn(srcA, 7000)}, {11 * time.Second, scanned(syn(srcA, 7001))}},
+			"step ssh 192.0.2.10 1; timeout ssh 192.0.2.10"},
 		{"SYN with other flags still counts", []knock{{0, &Packet{Src: srcA, Proto: config.TCP, DstPort: 7000, TCPFlags: FlagSYN | 0xC0}}},
 			"step ssh 192.0.2.10 1"},
-		{"non-knock port is ignored", []knock{{0, syn(srcA, 7000)}, {1, syn(srcA, 22)}, {2, udp(srcA, 8000)}},
+		{"ICMP from a knocking source is no scan", []knock{{0, syn(srcA, 7000)}, {1, scanned(&Packet{Src: srcA, Proto: config.ICMP, DstPort: 56})}, {2, udp(srcA, 8000)}},
 			"step ssh 192.0.2.10 1; step ssh 192.0.2.10 2"},
 		{"starting mid-sequence does nothing", []knock{{0, udp(srcA, 8000)}, {1, syn(srcA, 9000)}},
 			""},
@@ -186,12 +214,16 @@ func TestTrackerSharedKnockPort(t *testing.T) {
 		Name:       "vpn",
 		Sequence:   []config.Port{{Num: 9000, Proto: config.TCP}, {Num: 7000, Proto: config.TCP}},
 		SeqTimeout: time.Second,
+		TCPFlags:   config.DefaultTCPFlags,
 		Open:       []config.Port{{Num: 1194, Proto: config.UDP}},
 		OpenFor:    time.Minute,
 	}
 	tr, rec := newTestTracker(16, sshDoor(), vpn)
-	tr.Observe(t0, syn(srcA, 9000))
-	tr.Observe(t0, syn(srcA, 7000))
+	// The kernel logs a packet on a shared port once per door's rule.
+	tr.Observe(t0, forDoor(0, syn(srcA, 9000)))
+	tr.Observe(t0, forDoor(1, syn(srcA, 9000)))
+	tr.Observe(t0, forDoor(0, syn(srcA, 7000)))
+	tr.Observe(t0, forDoor(1, syn(srcA, 7000)))
 	if got, want := rec.take(), "step vpn 192.0.2.10 1; step ssh 192.0.2.10 1; open vpn 192.0.2.10"; got != want {
 		t.Errorf("events %q, want %q", got, want)
 	}
@@ -267,5 +299,75 @@ func BenchmarkTrackerFlood(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		p.Src = netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
 		tr.Observe(t0, p)
+	}
+}
+
+func TestTrackerCloseSequence(t *testing.T) {
+	d := sshDoor()
+	d.CloseSequence = []config.Port{{Num: 9100, Proto: config.TCP}, {Num: 9200, Proto: config.UDP}}
+	tr, rec := newTestTracker(16, d)
+	tr.Observe(t0, syn(srcA, 9100))
+	tr.Observe(t0, udp(srcA, 9200))
+	if got, want := rec.take(), "step ssh/close 192.0.2.10 1; close ssh/close 192.0.2.10"; got != want {
+		t.Errorf("events %q, want %q", got, want)
+	}
+	// A close knock in the middle of the open sequence breaks it off.
+	tr.Observe(t0, syn(srcA, 7000))
+	tr.Observe(t0, syn(srcA, 9100))
+	if got, want := rec.take(), "step ssh 192.0.2.10 1; reset ssh 192.0.2.10 at 1 got 9100:tcp want 8000:udp; step ssh/close 192.0.2.10 1"; got != want {
+		t.Errorf("events %q, want %q", got, want)
+	}
+}
+
+func TestTrackerTCPFlags(t *testing.T) {
+	d := sshDoor()
+	d.TCPFlags = config.TCPFlags{Mask: FlagFIN | FlagACK, Want: FlagFIN} // "fin,!ack"
+	d.Sequence = []config.Port{{Num: 7000, Proto: config.TCP}, {Num: 8000, Proto: config.TCP}}
+	tr, rec := newTestTracker(16, d)
+	fin := func(port uint16) *Packet {
+		return &Packet{Src: srcA, Proto: config.TCP, DstPort: port, TCPFlags: FlagFIN}
+	}
+	tr.Observe(t0, fin(7000))
+	tr.Observe(t0, syn(srcA, 9999)) // another flag set: not a knock, not a reset
+	tr.Observe(t0, scanned(syn(srcA, 1234)))
+	tr.Observe(t0, fin(8000))
+	if got, want := rec.take(), "step ssh 192.0.2.10 1; open ssh 192.0.2.10"; got != want {
+		t.Errorf("events %q, want %q", got, want)
+	}
+}
+
+func TestTrackerKnockOnAnotherDoorResets(t *testing.T) {
+	vpn := sshDoor()
+	vpn.Name = "vpn"
+	vpn.Sequence = []config.Port{{Num: 6000, Proto: config.UDP}, {Num: 6001, Proto: config.UDP}}
+	tr, rec := newTestTracker(16, sshDoor(), vpn)
+	tr.Observe(t0, syn(srcA, 7000))
+	tr.Observe(t0, forDoor(1, udp(srcA, 6000)))
+	if got, want := rec.take(), "step ssh 192.0.2.10 1; step vpn 192.0.2.10 1; reset ssh 192.0.2.10 at 1: connection to another port 6000:udp"; got != want {
+		t.Errorf("events %q, want %q", got, want)
+	}
+}
+
+func TestTrackerSetSequence(t *testing.T) {
+	tr, rec := newTestTracker(16, sshDoor())
+	tr.Observe(t0, syn(srcA, 7000))
+	tr.Observe(t0, syn(srcB, 7000))
+	next := []config.Port{{Num: 7100, Proto: config.UDP}, {Num: 7200, Proto: config.TCP}}
+	tr.SetSequence(0, next)
+	if tr.Len() != 0 {
+		t.Errorf("progress through the used-up sequence kept: Len %d", tr.Len())
+	}
+	rec.take()
+	tr.Observe(t0, udp(srcA, 8000))
+	tr.Observe(t0, udp(srcA, 7100))
+	tr.Observe(t0, syn(srcA, 7200))
+	if got, want := rec.take(), "step ssh 192.0.2.10 1; open ssh 192.0.2.10"; got != want {
+		t.Errorf("events %q, want %q", got, want)
+	}
+	tr.SetSequence(0, nil) // the file ran out: the door opens nothing
+	tr.Observe(t0, udp(srcA, 7100))
+	tr.Observe(t0, syn(srcA, 7200))
+	if got := rec.take(); got != "" || tr.Len() != 0 {
+		t.Errorf("disabled door: events %q, Len %d", got, tr.Len())
 	}
 }

@@ -38,6 +38,11 @@ func (f *fakeFirewall) Grant(door string, addr netip.Addr, d time.Duration) erro
 	return nil
 }
 
+func (f *fakeFirewall) Revoke(door string, addr netip.Addr) error {
+	f.grants = append(f.grants, fmt.Sprintf("revoke %s %s", door, addr))
+	return nil
+}
+
 func (f *fakeFirewall) Prune(time.Time) {}
 
 func testServer(t *testing.T, toml string) (*server, *fakeFirewall, *observer.ObservedLogs, string) {
@@ -50,9 +55,13 @@ func testServer(t *testing.T, toml string) (*server, *fakeFirewall, *observer.Ob
 	if err != nil {
 		t.Fatal(err)
 	}
-	core, logs := observer.New(zap.InfoLevel)
+	core, logs := observer.New(zap.DebugLevel)
 	fw := &fakeFirewall{}
-	return newServer(zap.New(core), path, cfg, fw), fw, logs, path
+	s, err := newServer(zap.New(core), path, cfg, fw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, fw, logs, path
 }
 
 var src = netip.MustParseAddr("2001:db8::7")
@@ -60,7 +69,8 @@ var src = netip.MustParseAddr("2001:db8::7")
 func knockPkts(ports ...config.Port) []knock.Packet {
 	var ps []knock.Packet
 	for _, p := range ports {
-		ps = append(ps, knock.Packet{Src: src, Proto: p.Proto, DstPort: p.Num, TCPFlags: knock.FlagSYN})
+		// As door 0's knock rules log them.
+		ps = append(ps, knock.Packet{Src: src, Proto: p.Proto, DstPort: p.Num, TCPFlags: knock.FlagSYN, Door: 0})
 	}
 	return ps
 }
@@ -149,17 +159,21 @@ func TestServerReload(t *testing.T) {
 func TestServerForwardCountsBadPackets(t *testing.T) {
 	s, _, _, _ := testServer(t, string(config.DefaultTOML()))
 	q := make(chan knock.Packet, 1)
-	s.forward([]byte{0x45, 0}, q)
+	s.forward(knock.Logged{Payload: []byte{0x45, 0}, Prefix: []byte("ssh")}, q)
 	if s.parseErrors.Load() != 1 || len(q) != 0 {
 		t.Errorf("truncated packet: parseErrors %d, queued %d", s.parseErrors.Load(), len(q))
 	}
 	udp := []byte{0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 192, 0, 2, 2, 192, 0, 2, 1, 0x30, 0x39, 0x1f, 0x40, 0, 8, 0, 0}
-	s.forward(udp, q)
-	s.forward(udp, q) // queue full
+	s.forward(knock.Logged{Payload: udp, Prefix: []byte("nosuchdoor")}, q)
+	if s.parseErrors.Load() != 2 || len(q) != 0 {
+		t.Errorf("unknown prefix: parseErrors %d, queued %d", s.parseErrors.Load(), len(q))
+	}
+	s.forward(knock.Logged{Payload: udp, Prefix: []byte("*")}, q)
+	s.forward(knock.Logged{Payload: udp, Prefix: []byte("ssh")}, q) // queue full
 	if len(q) != 1 || s.queueDrops.Load() != 1 {
 		t.Errorf("queued %d, drops %d; want 1 and 1", len(q), s.queueDrops.Load())
 	}
-	if p := <-q; p.DstPort != 8000 || p.Src != netip.MustParseAddr("192.0.2.2") {
-		t.Errorf("queued %+v", p)
+	if p := <-q; p.DstPort != 8000 || p.Src != netip.MustParseAddr("192.0.2.2") || p.Door != -1 {
+		t.Errorf("queued %+v, want the scan rule's packet (door -1)", p)
 	}
 }
