@@ -26,6 +26,7 @@ func defaultConfig() *config.Config {
 			Name:       "ssh",
 			Sequence:   []config.Port{tcp(7000), udp(8000), tcp(9000)},
 			SeqTimeout: 10 * time.Second,
+			TCPFlags:   config.DefaultTCPFlags,
 			Open:       []config.Port{tcp(22)},
 			OpenFor:    30 * time.Second,
 		}},
@@ -40,6 +41,7 @@ func sharedConfig() *config.Config {
 		Name:       "admin",
 		Sequence:   []config.Port{tcp(9000), udp(7001)},
 		SeqTimeout: 5 * time.Second,
+		TCPFlags:   config.DefaultTCPFlags,
 		Open:       []config.Port{tcp(22), tcp(8443)},
 		OpenFor:    time.Hour,
 	})

@@ -62,8 +62,9 @@ func (f *Firewall) install(cfg *config.Config) error {
 	// Seed the mirror from the sets that stay. Nothing else writes to
 	// them between this read and the batch: the table is ours alone.
 	seeds := map[grantKey]time.Time{}
+	seedTimeouts := map[grantKey]time.Duration{}
 	for _, spec := range wantSets {
-		if !keep[spec.name] {
+		if !keep[spec.name] || spec.role != roleGrant {
 			continue
 		}
 		elems, err := f.elements(spec.name)
@@ -75,6 +76,9 @@ func (f *Firewall) install(cfg *config.Config) error {
 		now := f.now()
 		for _, e := range elems {
 			addr, ok := netip.AddrFromSlice(e.Key)
+			if spec.anyone() {
+				addr, ok = anyoneAddr(e.Key)
+			}
 			if !ok {
 				continue
 			}
@@ -83,7 +87,19 @@ func (f *Firewall) install(cfg *config.Config) error {
 				exp = now.Add(e.Expires)
 			}
 			seeds[grantKey{spec.door, addr}] = exp
+			seedTimeouts[grantKey{spec.door, addr}] = e.Timeout
 		}
+	}
+
+	// Grants the mirror knows in sets this batch creates anew (someone
+	// deleted the table or a set): they go back in, in this same batch,
+	// with the time they had left. v0.3.0 cannot send that time, so the
+	// batch is then built on a capturing Conn and sent by commit (heal.go).
+	restore := f.restorable(wantSets, keep)
+	var capt *capture
+	if len(restore) > 0 {
+		capt = newCapture()
+		c = capt.conn
 	}
 
 	// Build the batch; c queues messages until flush.
@@ -106,7 +122,7 @@ func (f *Firewall) install(cfg *config.Config) error {
 		if keep[spec.name] {
 			continue
 		}
-		if err := c.AddSet(newSet(f.table, spec), nil); err != nil {
+		if err := c.AddSet(newSet(f.table, spec), spec.elements); err != nil {
 			f.reset()
 			return fmt.Errorf("add set %s: %w", spec.name, err)
 		}
@@ -128,15 +144,24 @@ func (f *Firewall) install(cfg *config.Config) error {
 			UserData: userdata.AppendString(nil, userdata.TypeComment, r.comment),
 		})
 	}
-	if err := f.flush(c); err != nil {
+	if err := f.commit(c, capt, restore); err != nil {
 		return err
 	}
 
 	f.doors = f.doors[:0]
+	f.anyone = map[string]bool{}
 	for _, d := range cfg.Doors {
+		f.anyone[d.Name] = d.OpenToAnyone
 		f.doors = append(f.doors, d.Name)
 	}
 	f.mirror = seeds
+	f.timeouts = seedTimeouts
+	f.nrules = len(rules)
+	f.sets = f.sets[:0]
+	for _, s := range wantSets {
+		f.sets = append(f.sets, s.name)
+	}
+	f.restoredInto(restore)
 	return nil
 }
 
@@ -180,19 +205,20 @@ func (f *Firewall) current(c *nftables.Conn) ([]*nftables.Chain, []*nftables.Set
 	return chains, sets, nil
 }
 
-// newSet is the kernel set of spec: "type ipv4_addr; flags timeout;"
-// (or ipv6_addr), with no default timeout, as each grant carries its own.
+// newSet is the kernel set of spec. A grant set is "type ipv4_addr;
+// flags timeout;" (or ipv6_addr, or nf_proto for an open_to = "anyone"
+// door), with no default timeout, as each grant carries its own.
 func newSet(t *nftables.Table, spec setSpec) *nftables.Set {
-	key := nftables.TypeIPAddr
-	if spec.v6 {
-		key = nftables.TypeIP6Addr
-	}
 	return &nftables.Set{
 		Table:      t,
 		ID:         spec.id,
 		Name:       spec.name,
-		HasTimeout: true,
-		KeyType:    key,
+		HasTimeout: spec.role != roleAllow,
+		Timeout:    spec.timeout,
+		Interval:   spec.interval,
+		Dynamic:    spec.dynamic,
+		Size:       spec.size,
+		KeyType:    spec.key,
 		// Addresses are big endian; nft records this in the set's
 		// userdata, and so do we, to read back the same.
 		KeyByteOrder: binaryutil.BigEndian,
@@ -203,10 +229,13 @@ func newSet(t *nftables.Table, spec setSpec) *nftables.Set {
 // fits tells whether an existing set can stay as the set of spec. A set of
 // the right name but the wrong shape (someone edited the table by hand) is
 // replaced, losing its elements, rather than left to break the rules or
-// grants.
+// grants. An always_allow set never stays: its elements come from the
+// config.
 func fits(s *nftables.Set, spec setSpec) bool {
 	want := newSet(nil, spec)
-	return s.KeyType.GetNFTMagic() == want.KeyType.GetNFTMagic() &&
+	return spec.role != roleAllow &&
+		s.KeyType.GetNFTMagic() == want.KeyType.GetNFTMagic() &&
 		s.KeyType.Bytes == want.KeyType.Bytes &&
-		s.HasTimeout && !s.IsMap && !s.Interval && !s.Constant && !s.Concatenation
+		s.HasTimeout && s.Dynamic == want.Dynamic && s.Timeout == want.Timeout &&
+		!s.IsMap && !s.Interval && !s.Constant && !s.Concatenation
 }

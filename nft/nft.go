@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
@@ -73,12 +74,31 @@ type Firewall struct {
 
 	// doors are the door names of the installed config, in config order.
 	doors []string
+	// anyone are the installed open_to = "anyone" doors.
+	anyone map[string]bool
 
 	// mirror is when each granted element expires, as far as this process
 	// knows: seeded from the kernel by Install, updated by Grant and
 	// Revoke, trimmed by Prune. It only chooses how Grant talks to the
 	// kernel; the kernel remains the truth (see Grants).
 	mirror map[grantKey]time.Time
+
+	// The rest serves self-healing (heal.go, watch.go). timeouts is the
+	// whole timeout of each mirrored grant, kept beside mirror and trimmed
+	// with it, so that a grant restored after its set was deleted gets its
+	// original timeout back; nrules is the rule count of the installed
+	// chain and sets the names of its sets; restored counts the grants
+	// the last Install put back.
+	timeouts map[grantKey]time.Duration
+	nrules   int
+	sets     []string
+	restored int
+	// nl is the netlink socket under conn (captured when it is dialled)
+	// and port its netlink port ID, which the kernel stamps on the
+	// notifications of our own batches. port is the one field another
+	// goroutine (a Watcher's) reads.
+	nl   *netlink.Conn
+	port atomic.Uint32
 }
 
 type grantKey struct {
@@ -107,6 +127,8 @@ func Open(table string, opts ...nftables.ConnOption) (*Firewall, error) {
 		opts:   slices.Clone(opts),
 		now:    time.Now,
 		mirror: map[grantKey]time.Time{},
+
+		timeouts: map[grantKey]time.Duration{},
 	}
 	// Dial now so a missing netlink (or a bad namespace fd) shows at start.
 	if _, err := f.c(); err != nil {
@@ -121,7 +143,7 @@ func (f *Firewall) c() (*nftables.Conn, error) {
 		return nil, errors.New("firewall is closed")
 	}
 	if f.conn == nil {
-		opts := append(slices.Clone(f.opts), nftables.AsLasting(), nftables.WithSockOptions(growBuffers))
+		opts := append(slices.Clone(f.opts), nftables.AsLasting(), nftables.WithSockOptions(growBuffers, f.remember))
 		c, err := nftables.New(opts...)
 		if err != nil {
 			return nil, err
@@ -138,6 +160,7 @@ func (f *Firewall) reset() {
 		_ = f.conn.CloseLasting()
 		f.conn = nil
 	}
+	f.nl = nil
 }
 
 // growBuffers raises the socket buffers (see socketBuffer). SO_*BUFFORCE
@@ -191,7 +214,10 @@ func (f *Firewall) flush(c *nftables.Conn) error {
 //
 // So Grant asks the mirror first: if it believes the element live, it sends
 // {delete, add}, and on ENOENT retries with {add} alone; otherwise it sends
-// {add}.
+// {add}. Two exceptions: an element the mirror knows to outlast d (a
+// longer grant from `nftknock grant`) is left as it is, never shortened
+// (see keep); and a Firewall that did not Install (the nftknock tool) has
+// no mirror, so it always refreshes.
 func (f *Firewall) Grant(door string, addr netip.Addr, d time.Duration) error {
 	addr = addr.Unmap().WithZone("")
 	if err := f.grant(door, addr, d); err != nil {
@@ -210,8 +236,8 @@ func (f *Firewall) grant(door string, addr netip.Addr, d time.Duration) error {
 		// mean "never expires".
 		return fmt.Errorf("timeout %v is under a millisecond", d)
 	}
-	key := grantKey{door, addr}
-	elem := []nftables.SetElement{{Key: addr.AsSlice(), Timeout: d}}
+	key := grantKey{door, f.grantAddr(door, addr)}
+	elem := []nftables.SetElement{{Key: f.elemKey(door, addr), Timeout: d}}
 
 	send := func(refresh bool) error {
 		c, err := f.c()
@@ -219,7 +245,7 @@ func (f *Firewall) grant(door string, addr netip.Addr, d time.Duration) error {
 			return err
 		}
 		if refresh {
-			if err := c.SetDeleteElements(set, []nftables.SetElement{{Key: addr.AsSlice()}}); err != nil {
+			if err := c.SetDeleteElements(set, []nftables.SetElement{{Key: f.elemKey(door, addr)}}); err != nil {
 				f.reset()
 				return err
 			}
@@ -232,13 +258,22 @@ func (f *Firewall) grant(door string, addr netip.Addr, d time.Duration) error {
 	}
 
 	exp, known := f.mirror[key]
-	if known && f.live(exp, f.now()) {
+	now := f.now()
+	switch {
+	case known && f.live(exp, now) && (exp.IsZero() || exp.After(now.Add(d))):
+		// The element outlasts d (a longer grant from `nftknock grant`,
+		// or one from before a reload that shortened open_for). A knock
+		// never shortens a grant: re-add it as it is (see keep).
+		return f.keep(key, set.Name, exp)
+	case (known && f.live(exp, now)) || len(f.doors) == 0:
+		// Without Install (the nftknock tool) there is no mirror: the
+		// kernel may hold the element, so it is a refresh too.
 		err = send(true)
 		if errors.Is(err, unix.ENOENT) {
 			// The kernel expired it before our estimate did.
 			err = send(false)
 		}
-	} else {
+	default:
 		err = send(false)
 	}
 	if err != nil {
@@ -247,6 +282,7 @@ func (f *Firewall) grant(door string, addr netip.Addr, d time.Duration) error {
 	// Read the clock after the kernel has set its expiry, so ours is never
 	// the earlier of the two.
 	f.mirror[key] = f.now().Add(d)
+	f.timeouts[key] = d
 	return nil
 }
 
@@ -269,24 +305,42 @@ func (f *Firewall) revoke(door string, addr netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	if err := c.SetDeleteElements(set, []nftables.SetElement{{Key: addr.AsSlice()}}); err != nil {
+	if err := c.SetDeleteElements(set, []nftables.SetElement{{Key: f.elemKey(door, addr)}}); err != nil {
 		f.reset()
 		return err
 	}
 	if err := f.flush(c); err != nil && !errors.Is(err, unix.ENOENT) {
 		return err
 	}
-	delete(f.mirror, grantKey{door, addr})
+	delete(f.mirror, grantKey{door, f.grantAddr(door, addr)})
+	delete(f.timeouts, grantKey{door, f.grantAddr(door, addr)})
 	return nil
 }
 
 // Grants reads every live element of every installed door's sets from the
 // kernel, by door in config order, then IPv4 before IPv6, then address.
 // Elements whose timeout has run out are not listed, even before the kernel
-// garbage-collects them.
+// garbage-collects them. Without Install (the nftknock tool), the doors are
+// those the kernel holds sets for (see Doors). A grant of an open_to =
+// "anyone" door has the unspecified address of its family.
 func (f *Firewall) Grants() ([]Grant, error) {
+	doors := f.doors
+	if len(doors) == 0 {
+		var err error
+		if doors, err = f.Doors(); err != nil {
+			return nil, err
+		}
+	}
 	var grants []Grant
-	for _, door := range f.doors {
+	for _, door := range doors {
+		if f.anyone[door] {
+			gs, err := f.anyoneGrants(door)
+			if err != nil {
+				return nil, fmt.Errorf("list grants of door %s: %w", door, err)
+			}
+			grants = append(grants, gs...)
+			continue
+		}
 		for _, v6 := range []bool{false, true} {
 			elems, err := f.elements(SetName(door, v6))
 			if err != nil {
@@ -336,6 +390,7 @@ func (f *Firewall) Prune(now time.Time) {
 	for k, exp := range f.mirror {
 		if !f.live(exp, now) {
 			delete(f.mirror, k)
+			delete(f.timeouts, k)
 		}
 	}
 }
@@ -359,6 +414,7 @@ func (f *Firewall) Remove() error {
 	}
 	f.doors = nil
 	clear(f.mirror)
+	clear(f.timeouts)
 	return nil
 }
 
@@ -379,12 +435,58 @@ func (f *Firewall) doorSet(door string, addr netip.Addr) (*nftables.Set, error) 
 	if !addr.IsValid() {
 		return nil, errors.New("invalid address")
 	}
-	if !slices.Contains(f.doors, door) {
+	if len(f.doors) == 0 {
+		// Not installed by this process (the nftknock tool): ask the
+		// kernel which doors the table has.
+		if err := f.kernelDoor(door); err != nil {
+			return nil, err
+		}
+	} else if !slices.Contains(f.doors, door) {
 		return nil, fmt.Errorf("door %q is not installed", door)
+	}
+	name := SetName(door, addr.Is6())
+	if f.anyone[door] {
+		name = AnyoneSetName(door)
 	}
 	return &nftables.Set{
 		Table:      f.table,
-		Name:       SetName(door, addr.Is6()),
+		Name:       name,
 		HasTimeout: true,
 	}, nil
+}
+
+// elemKey is the set element that grants addr through door. For an
+// open_to = "anyone" door the unspecified address of a family stands for
+// every address of it, and the element is the family (meta nfproto).
+func (f *Firewall) elemKey(door string, addr netip.Addr) []byte {
+	if !f.anyone[door] {
+		return addr.AsSlice()
+	}
+	return familyKey(addr)
+}
+
+// elementKey is elemKey for a planned set.
+func elementKey(set setSpec, addr netip.Addr) []byte {
+	if set.anyone() {
+		return familyKey(addr)
+	}
+	return addr.AsSlice()
+}
+
+func familyKey(addr netip.Addr) []byte {
+	if addr.Is6() {
+		return []byte{unix.NFPROTO_IPV6}
+	}
+	return []byte{unix.NFPROTO_IPV4}
+}
+
+// anyoneAddr undoes elemKey for an anyone set's element.
+func anyoneAddr(key []byte) (netip.Addr, bool) {
+	switch {
+	case len(key) == 1 && key[0] == unix.NFPROTO_IPV4:
+		return netip.IPv4Unspecified(), true
+	case len(key) == 1 && key[0] == unix.NFPROTO_IPV6:
+		return netip.IPv6Unspecified(), true
+	}
+	return netip.Addr{}, false
 }

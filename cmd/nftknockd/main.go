@@ -21,6 +21,9 @@ import (
 
 const defaultConfig = "/etc/nftknock/nftknock.toml"
 
+// version is stamped by the Makefile: -ldflags "-X main.version=…".
+var version = "dev"
+
 func main() {
 	os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -33,9 +36,10 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		check       = fs.Bool("check", false, "validate the configuration, print every error, and exit (1 if invalid); touches no firewall state")
 		printConfig = fs.Bool("print-config", false, "print the built-in reference configuration and exit")
 		remove      = fs.Bool("remove", false, "delete the daemon's nftables table (named in -config) and exit")
+		showVersion = fs.Bool("version", false, "print the version and exit")
 	)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: nftknockd [-config FILE] [-check | -print-config | -remove]\n\n")
+		fmt.Fprintf(stderr, "Usage: nftknockd [-config FILE] [-check | -print-config | -remove | -version]\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -47,6 +51,9 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	}
 
 	switch {
+	case *showVersion:
+		fmt.Fprintf(stdout, "nftknockd %s\n", version)
+		return 0
 	case *printConfig:
 		stdout.Write(config.DefaultTOML())
 		return 0

@@ -44,10 +44,14 @@ var seq atomic.Uint32
 type Lab struct {
 	Server, Client string // namespace names
 	clientLink     string // the client's end of the veth pair
+	serverLink     string // the server's end (renamed by RenameServerLink)
 }
 
 // ClientLink names the client's end of the veth pair.
 func (l *Lab) ClientLink() string { return l.clientLink }
+
+// ServerLink names the server's end of the veth pair.
+func (l *Lab) ServerLink() string { return l.serverLink }
 
 // New creates the namespaces, the veth pair and the addresses. Call Close
 // to delete them (deleting a namespace deletes its end of the veth).
@@ -55,7 +59,7 @@ func New() (*Lab, error) {
 	n := seq.Add(1)
 	base := fmt.Sprintf("nftk%d-%d", os.Getpid(), n)
 	vs, vc := fmt.Sprintf("nk%d-%ds", os.Getpid()%100000, n), fmt.Sprintf("nk%d-%dc", os.Getpid()%100000, n)
-	l := &Lab{Server: base + "-srv", Client: base + "-cli", clientLink: vc}
+	l := &Lab{Server: base + "-srv", Client: base + "-cli", clientLink: vc, serverLink: vs}
 	steps := [][]string{
 		{"netns", "add", l.Server},
 		{"netns", "add", l.Client},
@@ -262,9 +266,16 @@ type Daemon struct {
 // until it logs that it has started (its table is installed and its NFLOG
 // group bound), or until it exits.
 func (l *Lab) StartDaemon(bin, config string, extra ...string) (*Daemon, error) {
+	return l.StartDaemonEnv(bin, config, nil, extra...)
+}
+
+// StartDaemonEnv is StartDaemon with env ("KEY=value") added to the
+// daemon's environment, e.g. a NOTIFY_SOCKET.
+func (l *Lab) StartDaemonEnv(bin, config string, env []string, extra ...string) (*Daemon, error) {
 	d := &Daemon{log: &syncBuffer{}, done: make(chan struct{})}
 	argv := append([]string{"ip", "netns", "exec", l.Server, bin, "-config", config}, extra...)
 	d.cmd = exec.Command(argv[0], argv[1:]...)
+	d.cmd.Env = append(os.Environ(), env...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		return nil, err
@@ -299,6 +310,10 @@ func (d *Daemon) WaitLog(s string, within time.Duration) error {
 
 // Log returns everything the daemon has written so far.
 func (d *Daemon) Log() string { return d.log.String() }
+
+// Pid is the daemon's process id (`ip netns exec` execs it, so the
+// process started is the daemon itself).
+func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
 
 // Signal sends sig to the daemon.
 func (d *Daemon) Signal(sig os.Signal) error { return d.cmd.Process.Signal(sig) }
@@ -400,4 +415,128 @@ func parseNftDuration(s string) (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(s)
 	return days + d, err
+}
+
+// Ping sends one echo request of size bytes of payload (ping -s size) from
+// the client to the server and reports whether a reply came within wait.
+func (l *Lab) Ping(v6 bool, size int, wait time.Duration) (bool, error) {
+	argv := []string{"ping", "-n", "-c", "1", "-s", fmt.Sprint(size), "-W", fmt.Sprintf("%.3f", wait.Seconds())}
+	host := ServerV4.String()
+	if v6 {
+		argv, host = append(argv, "-6"), ServerV6.String()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait+10*time.Second)
+	defer cancel()
+	out, err := Command(ctx, l.Client, append(argv, host)...).CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.As(err, &ee) && ee.ExitCode() == 1: // no reply
+		return false, nil
+	}
+	return false, fmt.Errorf("%s: %v: %s", strings.Join(argv, " "), err, out)
+}
+
+// UDPEcho serves UDP echo on port in the server namespace, on IPv4 and
+// IPv6, until the returned stop function is called.
+func (l *Lab) UDPEcho(port uint16) (stop func(), err error) {
+	var pc net.PacketConn
+	err = InNS(l.Server, func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", fmt.Sprintf("[::]:%d", port))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	return func() { pc.Close(); <-done }, nil
+}
+
+// UDPResult is what became of a datagram sent by UDPExchange.
+type UDPResult int
+
+// What a UDP exchange can come to.
+const (
+	UDPNoAnswer UDPResult = iota // nothing within the timeout: dropped, filtered
+	UDPReplied                   // the same bytes came back
+	UDPRefused                   // an ICMP port unreachable (ECONNREFUSED): closed
+)
+
+func (r UDPResult) String() string {
+	return [...]string{"no answer", "replied", "refused"}[r]
+}
+
+// UDPExchange sends one datagram over a connected UDP socket in the client
+// namespace, from from (zero: let the kernel choose) to to, and waits up to
+// timeout for what comes back: the echoed datagram, an ICMP port
+// unreachable (which a connected socket reports as ECONNREFUSED), or
+// nothing.
+func (l *Lab) UDPExchange(from netip.Addr, to netip.AddrPort, timeout time.Duration) (UDPResult, error) {
+	var res UDPResult
+	err := InNS(l.Client, func() error {
+		d := net.Dialer{}
+		if from.IsValid() {
+			d.LocalAddr = &net.UDPAddr{IP: from.AsSlice()}
+		}
+		c, err := d.Dial("udp", to.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		msg := fmt.Sprintf("nftknock lab %d", time.Now().UnixNano())
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(timeout))
+		buf := make([]byte, 2048)
+		n, err := c.Read(buf)
+		var ne net.Error
+		switch {
+		case err == nil && string(buf[:n]) == msg:
+			res = UDPReplied
+			return nil
+		case err == nil:
+			return fmt.Errorf("udp %s → %s: got %q back, want %q", from, to, buf[:n], msg)
+		case errors.Is(err, syscall.ECONNREFUSED):
+			res = UDPRefused
+			return nil
+		case errors.As(err, &ne) && ne.Timeout():
+			res = UDPNoAnswer
+			return nil
+		}
+		return err
+	})
+	return res, err
+}
+
+// RenameServerLink renames the server's end of the veth pair (it has to
+// be down for that) and brings it up again. IPv4 addresses survive; the
+// IPv6 address is added back.
+func (l *Lab) RenameServerLink(name string) error {
+	steps := [][]string{
+		{"-n", l.Server, "link", "set", "dev", l.serverLink, "down"},
+		{"-n", l.Server, "link", "set", "dev", l.serverLink, "name", name},
+		{"-n", l.Server, "link", "set", "dev", name, "up"},
+		{"-n", l.Server, "addr", "replace", ServerV6.String() + "/64", "dev", name, "nodad"},
+	}
+	for _, args := range steps {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	l.serverLink = name
+	return nil
 }

@@ -1,0 +1,271 @@
+package nft
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Change is what a Watcher saw happen to the table, as a bit set.
+type Change uint8
+
+const (
+	// ChangedRuleset: someone else added or deleted the table, or a
+	// chain, rule, set, object or flowtable of it (`nft flush ruleset`,
+	// `nft delete table inet nftknock`, a rule inserted by hand).
+	ChangedRuleset Change = 1 << iota
+	// ChangedElements: someone else added or deleted elements of the
+	// table's sets (`nftknock grant`, `nft add element` by hand).
+	ChangedElements
+	// Overrun: notifications were lost (the socket overran, ENOBUFS) or
+	// the watch failed; anything may have changed.
+	Overrun
+)
+
+func (c Change) String() string {
+	var s []string
+	for _, n := range []struct {
+		c    Change
+		name string
+	}{{ChangedRuleset, "ruleset"}, {ChangedElements, "elements"}, {Overrun, "overrun"}} {
+		if c&n.c != 0 {
+			s = append(s, n.name)
+		}
+	}
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, "|")
+}
+
+// A Watcher reports changes to the Firewall's table made by anyone but
+// the Firewall itself. It listens to nf_tables' notifications (the
+// NFNLGRP_NFTABLES multicast group, what `nft monitor` reads): the kernel
+// sends one message per object a committed batch added or deleted, stamped
+// with the netlink port ID of the socket that sent the batch. Messages
+// stamped with the Firewall's own port are its own changes and are
+// ignored, so that healing the table does not set off another heal.
+//
+// The kernel does not notify when it expires an element: grants running
+// out are not changes.
+//
+// Its goroutine only reads and classifies; the owner of the Firewall takes
+// the accumulated changes (C, Take) and acts on them in its own goroutine.
+type Watcher struct {
+	conn   *netlink.Conn
+	table  string
+	family byte
+	own    *atomic.Uint32
+	closed atomic.Bool
+
+	mu      sync.Mutex
+	pending Change
+	err     error
+
+	c    chan struct{}
+	done chan struct{}
+}
+
+// Watch starts watching the table. Close the Watcher to stop.
+func (f *Firewall) Watch() (*Watcher, error) {
+	return f.watch(socketBuffer)
+}
+
+// watch takes the socket's receive buffer size; tests make it tiny to
+// provoke overruns.
+func (f *Firewall) watch(rcvbuf int) (*Watcher, error) {
+	var cc nftables.Conn
+	for _, o := range f.opts {
+		o(&cc)
+	}
+	if cc.TestDial != nil {
+		return nil, errors.New("watch table: needs a real netlink socket")
+	}
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: cc.NetNS})
+	if err != nil {
+		return nil, fmt.Errorf("watch table: %w", err)
+	}
+	if err := setRcvbuf(conn, rcvbuf); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("watch table: %w", err)
+	}
+	if err := conn.JoinGroup(unix.NFNLGRP_NFTABLES); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("watch table: join NFNLGRP_NFTABLES: %w", err)
+	}
+	w := &Watcher{
+		conn:   conn,
+		table:  f.table.Name,
+		family: byte(f.table.Family),
+		own:    &f.port,
+		c:      make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+	go w.run()
+	return w, nil
+}
+
+func setRcvbuf(c *netlink.Conn, n int) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n) != nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, n)
+		}
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+func (w *Watcher) run() {
+	defer close(w.done)
+	for {
+		msgs, err := w.conn.Receive()
+		if w.closed.Load() {
+			return
+		}
+		if errors.Is(err, unix.ENOBUFS) {
+			// The socket stays usable; what was lost is unknown.
+			w.flag(Overrun)
+			continue
+		}
+		if err != nil {
+			w.mu.Lock()
+			w.err = fmt.Errorf("watch table: %w", err)
+			w.mu.Unlock()
+			w.flag(Overrun)
+			return
+		}
+		var ch Change
+		own := w.own.Load()
+		for _, m := range msgs {
+			ch |= classify(m, w.family, w.table, own)
+		}
+		if ch != 0 {
+			w.flag(ch)
+		}
+	}
+}
+
+// flag adds ch to the pending changes and wakes the owner.
+func (w *Watcher) flag(ch Change) {
+	w.mu.Lock()
+	w.pending |= ch
+	w.mu.Unlock()
+	select {
+	case w.c <- struct{}{}:
+	default: // already woken
+	}
+}
+
+// C receives a value when changes are pending; Take them then.
+func (w *Watcher) C() <-chan struct{} {
+	if w == nil {
+		return nil
+	}
+	return w.c
+}
+
+// Take returns the changes seen since the last Take and clears them.
+func (w *Watcher) Take() Change {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ch := w.pending
+	w.pending = 0
+	return ch
+}
+
+// Again puts changes back, to be taken again (a heal that failed and is to
+// be retried). Safe from any goroutine.
+func (w *Watcher) Again(ch Change) {
+	if ch != 0 {
+		w.flag(ch)
+	}
+}
+
+// Err is why the Watcher stopped watching, or nil while it watches. A
+// stopped Watcher has flagged Overrun; make a new one.
+func (w *Watcher) Err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// Close stops the Watcher and waits for its goroutine.
+func (w *Watcher) Close() error {
+	if w == nil || w.closed.Swap(true) {
+		return nil
+	}
+	err := w.conn.Close()
+	<-w.done
+	return err
+}
+
+// NFT_MSG_DESTROY* (Linux 6.3, `nft destroy`), which x/sys/unix lacks: the
+// kernel's commit passes the transaction's own message type to the
+// notification of a table it deletes, so a destroy may come as itself.
+const (
+	nftMsgDestroyTable = 26 + iota
+	nftMsgDestroyChain
+	nftMsgDestroyRule
+	nftMsgDestroySet
+	nftMsgDestroySetElem
+	nftMsgDestroyObj
+	nftMsgDestroyFlowtable
+)
+
+// classify tells what a notification means for table (of family), ignoring
+// those of the socket with port ID own.
+func classify(m netlink.Message, family byte, table string, own uint32) Change {
+	if m.Header.Type>>8 != unix.NFNL_SUBSYS_NFTABLES || len(m.Data) < 4 {
+		return 0
+	}
+	if own != 0 && m.Header.PID == own {
+		return 0
+	}
+	var ch Change
+	switch m.Header.Type & 0xff {
+	case unix.NFT_MSG_NEWTABLE, unix.NFT_MSG_DELTABLE,
+		unix.NFT_MSG_NEWCHAIN, unix.NFT_MSG_DELCHAIN,
+		unix.NFT_MSG_NEWRULE, unix.NFT_MSG_DELRULE,
+		unix.NFT_MSG_NEWSET, unix.NFT_MSG_DELSET,
+		unix.NFT_MSG_NEWOBJ, unix.NFT_MSG_DELOBJ,
+		unix.NFT_MSG_NEWFLOWTABLE, unix.NFT_MSG_DELFLOWTABLE,
+		nftMsgDestroyTable, nftMsgDestroyChain, nftMsgDestroyRule, nftMsgDestroySet,
+		nftMsgDestroyObj, nftMsgDestroyFlowtable:
+		ch = ChangedRuleset
+	case unix.NFT_MSG_NEWSETELEM, unix.NFT_MSG_DELSETELEM, nftMsgDestroySetElem:
+		ch = ChangedElements
+	default: // NEWGEN ends every batch; GET replies are not notifications
+		return 0
+	}
+	if m.Data[0] != family {
+		return 0
+	}
+	// Every one of these messages names its table in attribute 1
+	// (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE,
+	// NFTA_SET_ELEM_LIST_TABLE, NFTA_OBJ_TABLE, NFTA_FLOWTABLE_TABLE).
+	ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+	if err != nil {
+		return 0
+	}
+	for ad.Next() {
+		if ad.Type() == 1 {
+			if ad.String() == table {
+				return ch
+			}
+			return 0
+		}
+	}
+	return 0
+}
