@@ -120,7 +120,7 @@ type result struct {
 	toPort           int64 // packets to the first knock port the ruleset saw
 	rateDropped      int64 // of those, dropped by the per-source rate limit
 	logged           int64 // of those, logged to NFLOG by the door's rule
-	knockingElements int   // sources in knocking_v4 when the flood stopped
+	knockingElements int   // sources in knock_first_v4 when the flood stopped
 	rateElements     int   // sources in knock_rate_v4
 	daemon           daemonCounts
 	peakHWM, maxRSS  int64 // bytes
@@ -142,10 +142,10 @@ func (r *result) print(w io.Writer) {
 	fmt.Fprintf(w, "flood: %s, %d hping3 sent %s packets\n", r.floodFor.Round(100*time.Millisecond), r.flooders, sent)
 	fmt.Fprintf(w, "kernel, 7000/tcp: %d packets seen, %d dropped by the per-source rate limit, %d logged to NFLOG\n",
 		r.toPort, r.rateDropped, r.logged)
-	fmt.Fprintf(w, "kernel sets at the flood's end: knocking_v4 %d sources, knock_rate_v4 %d sources\n", r.knockingElements, r.rateElements)
+	fmt.Fprintf(w, "kernel sets at the flood's end: knock_first_v4 %d sources, knock_rate_v4 %d sources\n", r.knockingElements, r.rateElements)
 	dc := r.daemon
-	fmt.Fprintf(w, "daemon: %d step-1 knocks logged, %d sources forgotten (max_tracked), %d knock timeouts; nflog_overruns %d, queue_drops %d, unparsed %d\n",
-		dc.steps, dc.evictions, dc.timeouts, dc.Overruns, dc.QueueDrops, dc.Unparsed)
+	fmt.Fprintf(w, "daemon: %d sources forgotten (max_tracked), %d knock timeouts logged; nflog_overruns %d, queue_drops %d, unparsed %d\n",
+		dc.evictions, dc.timeouts, dc.Overruns, dc.QueueDrops, dc.Unparsed)
 	var tl []string
 	for _, b := range r.rssTimeline {
 		tl = append(tl, fmt.Sprintf("%.1f", float64(b)/(1<<20)))
@@ -313,7 +313,7 @@ func kernelCounts(l *lab.Lab, res *result) error {
 	for _, set := range []struct {
 		name string
 		n    *int
-	}{{"knocking_v4", &res.knockingElements}, {"knock_rate_v4", &res.rateElements}} {
+	}{{"knock_first_v4", &res.knockingElements}, {"knock_rate_v4", &res.rateElements}} {
 		out, err := lab.Run(l.Server, "nft", "list", "set", "inet", "nftknock", set.name)
 		if err != nil {
 			return err
@@ -440,10 +440,14 @@ func (d *daemon) read(r io.Reader) {
 		line := sc.Text()
 		d.mu.Lock()
 		switch {
-		case strings.Contains(line, "knock stage reached") && strings.Contains(line, `"step": "1/`):
-			d.counts.steps++
-		case strings.Contains(line, "source forgotten"):
-			d.counts.evictions++
+		case strings.Contains(line, "sources forgotten"):
+			// One line per sweep, with how many were forgotten.
+			var f struct {
+				Forgotten int `json:"forgotten"`
+			}
+			if i := strings.IndexByte(line, '{'); i >= 0 && json.Unmarshal([]byte(line[i:]), &f) == nil {
+				d.counts.evictions += int64(f.Forgotten)
+			}
 		case strings.Contains(line, "knock timed out"):
 			d.counts.timeouts++
 		case strings.Contains(line, "nftknockd stopping"):
