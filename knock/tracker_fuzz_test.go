@@ -1,0 +1,87 @@
+package knock
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/nftknock/nftknock/config"
+)
+
+// FuzzTracker feeds the tracker arbitrary packet streams — any door, scan
+// packets, any source among a few, flags, protocols, time jumps — and
+// checks what must hold whatever arrives: no panic, never more than
+// max_tracked sources, every event well formed, a door opening only for a
+// source whose last steps were exactly the door's sequence, and a sweep far
+// in the future leaving nothing behind.
+func FuzzTracker(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 0, 1, 0, 1, 0, 2, 0, 2, 0})
+	f.Add([]byte{0x80, 3, 0, 0, 0xff, 0, 1, 5, 2, 9, 0x41, 7})
+	f.Add([]byte{1, 4, 1, 0, 2, 4, 0x10, 0, 3, 4, 0x20, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ssh := sshDoor()
+		ssh.CloseSequence = []config.Port{{Num: 9100, Proto: config.TCP}, {Num: 64, Proto: config.ICMP}}
+		vpn := sshDoor()
+		vpn.Name, vpn.TCPFlags = "vpn", config.TCPFlags{Mask: FlagFIN, Want: FlagFIN}
+		vpn.Sequence = []config.Port{{Num: 9000, Proto: config.TCP}, {Num: 7000, Proto: config.TCP}}
+		doors := []config.Door{ssh, vpn}
+		const max = 3
+		// lastOpen[src][door] is the packets that moved each source
+		// forward, to check an open against.
+		var events []Event
+		tr := NewTracker(doors, max, func(e Event) { events = append(events, e) })
+		steps := []config.Port{{Num: 7000, Proto: config.TCP}, {Num: 8000, Proto: config.UDP}, {Num: 9000, Proto: config.TCP},
+			{Num: 9100, Proto: config.TCP}, {Num: 64, Proto: config.ICMP}, {Num: 1234, Proto: config.TCP}, {Num: 53, Proto: config.UDP}}
+		now := t0
+		for len(data) >= 4 {
+			b := data[:4]
+			data = data[4:]
+			p := steps[int(b[1])%len(steps)]
+			pkt := &Packet{
+				Src:      netip.AddrFrom4([4]byte{192, 0, 2, b[0] % 5}),
+				Proto:    p.Proto,
+				DstPort:  p.Num,
+				TCPFlags: b[2],
+				Door:     int(b[0]>>4)%3 - 1, // -1 (scan rule), 0 or 1
+			}
+			if p.Proto != config.TCP {
+				pkt.TCPFlags = 0
+			}
+			now = now.Add(time.Duration(b[3]) * 50 * time.Millisecond)
+			events = events[:0]
+			tr.Observe(now, pkt)
+			if tr.Len() > max {
+				t.Fatalf("%d sources tracked, max_tracked is %d", tr.Len(), max)
+			}
+			for _, e := range events {
+				switch e.Kind {
+				case EventEvict:
+					if e.Door != -1 {
+						t.Fatalf("eviction with a door: %+v", e)
+					}
+					continue
+				case EventOpen, EventClose, EventStep, EventReset, EventTimeout:
+				default:
+					t.Fatalf("unknown event %+v", e)
+				}
+				if e.Door < 0 || e.Door >= len(doors) || e.Src != pkt.Src && e.Kind != EventTimeout {
+					t.Fatalf("event %+v for packet %+v", e, pkt)
+				}
+				if e.Kind == EventOpen || e.Kind == EventClose {
+					seq := doors[e.Door].Sequence
+					if e.Close {
+						seq = doors[e.Door].CloseSequence
+					}
+					last := seq[len(seq)-1]
+					if pkt.Door != e.Door || (config.Port{Num: pkt.DstPort, Proto: pkt.Proto}) != last {
+						t.Fatalf("%v by a packet %+v that is not door %d's last step %v", e.Kind, pkt, e.Door, last)
+					}
+				}
+			}
+		}
+		tr.Sweep(now.Add(time.Hour))
+		if tr.Len() != 0 {
+			t.Fatalf("%d sources left after a sweep an hour later", tr.Len())
+		}
+	})
+}
