@@ -471,7 +471,7 @@ func (v *validator) crossCheck(doors []rawDoor) {
 					continue // reported already
 				}
 				for _, o := range all {
-					if o.port.Proto == k.Proto && k.Num >= o.port.Num && k.Num <= o.port.End() {
+					if o.port.Covers(k) {
 						v.add(i, d.Name, fmt.Sprintf("%s[%d]", field, j),
 							"%s is also opened by door %q (%s): a knock port must not be an opened port", k, o.door, o.port)
 						break
@@ -492,7 +492,7 @@ func (v *validator) crossCheckOneTime(doors []Door) {
 		for _, k := range d.Sequence {
 			for _, o := range doors {
 				for _, p := range o.Open {
-					if p.Proto == k.Proto && k.Num >= p.Num && k.Num <= p.End() {
+					if p.Covers(k) {
 						v.add(i, d.Name, "one_time_sequences",
 							"%s: the sequence due now knocks on %s, which door %q opens: a knock port must not be an opened port", d.OneTime, k, o.Name)
 					}

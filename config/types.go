@@ -45,6 +45,11 @@ type Port struct {
 	Proto Proto
 }
 
+// Covers reports whether the knock k lands on a port p opens.
+func (p Port) Covers(k Port) bool {
+	return p.Proto == k.Proto && k.Num >= p.Num && k.Num <= p.End()
+}
+
 // End returns the last port the Port covers.
 func (p Port) End() uint16 { return max(p.Num, p.Last) }
 

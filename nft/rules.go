@@ -122,11 +122,14 @@ func allowSetName(door string, v6 bool) string {
 	return door + "_allow_v4"
 }
 
-var families = []struct {
+// family is IPv4 or IPv6, as the table's per-family sets and rules see it.
+type family struct {
 	v6   bool
 	name string
 	key  nftables.SetDatatype
-}{{false, "IPv4", nftables.TypeIPAddr}, {true, "IPv6", nftables.TypeIP6Addr}}
+}
+
+var families = []family{{false, "IPv4", nftables.TypeIPAddr}, {true, "IPv6", nftables.TypeIP6Addr}}
 
 // anyone tells an open_to = "anyone" door's grant set.
 func (s setSpec) anyone() bool {
@@ -552,11 +555,7 @@ func knockRules(cfg *config.Config, step config.Port, u knockUse, setID map[stri
 
 // familiesOf lists the families a step needs rules for: a TCP or UDP
 // port match serves both in an inet chain, an ICMP echo match does not.
-func familiesOf(p config.Port) []struct {
-	v6   bool
-	name string
-	key  nftables.SetDatatype
-} {
+func familiesOf(p config.Port) []family {
 	if p.Proto == config.ICMP {
 		return families
 	}

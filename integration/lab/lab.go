@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -400,15 +401,16 @@ func (l *Lab) Elements(table, set string) ([]Element, error) {
 	return els, nil
 }
 
-// parseNftDuration reads nft's "1d2h3m4s5ms" notation.
+// parseNftDuration reads nft's "1d2h3m4s5ms" notation: Go's durations
+// but for days.
 func parseNftDuration(s string) (time.Duration, error) {
 	var days time.Duration
-	if d, rest, ok := strings.Cut(s, "d"); ok && !strings.HasSuffix(d, "m") {
-		n, err := time.ParseDuration(d + "h")
+	if n, rest, ok := strings.Cut(s, "d"); ok {
+		d, err := strconv.Atoi(n)
 		if err != nil {
-			return 0, err
+			return 0, fmt.Errorf("duration %q: %w", s, err)
 		}
-		days, s = 24*n, rest
+		days, s = time.Duration(d)*24*time.Hour, rest
 		if s == "" {
 			return days, nil
 		}
