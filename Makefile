@@ -82,7 +82,10 @@ bench-flood: deps $(BIN)/nftknockd
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseIP -fuzztime 60s ./knock/
-	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./config/
+	$(GO) test -run '^$$' -fuzz 'FuzzParse$$' -fuzztime 60s ./config/
+	$(GO) test -run '^$$' -fuzz FuzzLoadOneTime -fuzztime 60s ./config/
+	$(GO) test -run '^$$' -fuzz FuzzTracker -fuzztime 60s ./knock/
+	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 60s ./knock/spa/
 
 demo: deps build
 	$(GO) run ./integration/demo -daemon $(BIN)/nftknockd

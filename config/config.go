@@ -15,10 +15,12 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/nftknock/nftknock/knock/spa"
 )
 
 // doorKeys lists the keys a [[door]] may have, for error messages.
-const doorKeys = "name, sequence, close_sequence, one_time_sequences, seq_timeout, tcp_flags, interface, open, open_to, open_for, always_allow, on_open, on_close, hook_timeout"
+const doorKeys = "name, sequence, close_sequence, one_time_sequences, seq_timeout, tcp_flags, interface, open, open_to, open_for, always_allow, on_open, on_close, hook_timeout, spa_port, key_file, spa_max_age, spa_allow_requested"
 
 // Limits on what a configuration may ask for. They keep a hostile or
 // mistaken file from making the daemon build an unbounded ruleset or table.
@@ -34,9 +36,13 @@ const (
 	durationQuanta = time.Millisecond // the kernel counts set timeouts in ms
 	maxHookArgs    = 64
 	maxHookTimeout = 10 * time.Minute
+	maxSPAMaxAge   = time.Hour
 
 	defaultHookTimeout = 10 * time.Second
 )
+
+// DefaultSPAMaxAge is an SPA door's spa_max_age when the file gives none.
+const DefaultSPAMaxAge = 30 * time.Second
 
 var (
 	doorNameRE  = regexp.MustCompile(`^[a-z0-9_]+$`)
@@ -76,6 +82,10 @@ type rawDoor struct {
 	OnOpen        []string `toml:"on_open"`
 	OnClose       []string `toml:"on_close"`
 	HookTimeout   string   `toml:"hook_timeout"`
+	SPAPort       string   `toml:"spa_port"`
+	KeyFile       string   `toml:"key_file"`
+	SPAMaxAge     string   `toml:"spa_max_age"`
+	SPAAllowReq   bool     `toml:"spa_allow_requested"`
 }
 
 // Error is one problem found in a configuration file.
@@ -255,7 +265,21 @@ func (v *validator) door(i int, raw *rawDoor) Door {
 		v.add(i, label, "name", "%q must be 1-%d characters of a-z 0-9 _", raw.Name, maxNameLen)
 	}
 
+	spa := raw.SPAPort != ""
+	if spa {
+		v.spa(i, label, raw, &d)
+	} else {
+		for _, f := range []struct {
+			name string
+			set  bool
+		}{{"key_file", raw.KeyFile != ""}, {"spa_max_age", raw.SPAMaxAge != ""}, {"spa_allow_requested", raw.SPAAllowReq}} {
+			if f.set {
+				v.add(i, label, f.name, "only an SPA door (one with spa_port) has %s", f.name)
+			}
+		}
+	}
 	switch {
+	case spa:
 	case raw.OneTime != "" && len(raw.Sequence) > 0:
 		v.add(i, label, "one_time_sequences", "a door has either sequence or one_time_sequences, not both")
 	case raw.OneTime != "":
@@ -306,9 +330,82 @@ func (v *validator) door(i int, raw *rawDoor) Door {
 	if raw.HookTimeout != "" {
 		d.HookTimeout = v.duration(i, label, "hook_timeout", raw.HookTimeout, maxHookTimeout)
 	}
-	d.SeqTimeout = v.duration(i, label, "seq_timeout", raw.SeqTimeout, maxSeqTimeout)
+	if !spa {
+		d.SeqTimeout = v.duration(i, label, "seq_timeout", raw.SeqTimeout, maxSeqTimeout)
+	} else if raw.SeqTimeout != "" {
+		v.add(i, label, "seq_timeout", "an SPA door has no knock sequence to time out: remove seq_timeout")
+	}
 	d.OpenFor = v.duration(i, label, "open_for", raw.OpenFor, maxOpenFor)
 	return d
+}
+
+// spa validates an SPA door's keys into d. A door is either a knock door
+// or an SPA door: a sequence as well is an error.
+func (v *validator) spa(i int, label string, raw *rawDoor, d *Door) {
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{{"sequence", len(raw.Sequence) > 0}, {"one_time_sequences", raw.OneTime != ""}, {"close_sequence", raw.CloseSequence != nil}} {
+		if f.set {
+			v.add(i, label, f.name, "a door has either spa_port or %s, not both", f.name)
+		}
+	}
+	p, err := ParseKnock(raw.SPAPort)
+	switch {
+	case err != nil:
+		v.add(i, label, "spa_port", "%v", err)
+	case p.Proto != UDP || !strings.Contains(raw.SPAPort, ":"):
+		v.add(i, label, "spa_port", "%q: an SPA port is a UDP port, written \"62201:udp\"", raw.SPAPort)
+	default:
+		d.SPAPort = p
+	}
+	d.KeyFile = raw.KeyFile
+	switch {
+	case raw.KeyFile == "":
+		v.add(i, label, "key_file", "missing: an SPA door needs a key file (nftknock keygen > FILE; chmod 600 FILE)")
+	case !filepath.IsAbs(raw.KeyFile):
+		v.add(i, label, "key_file", "%q must be an absolute path", raw.KeyFile)
+	default:
+		key, err := LoadKey(raw.KeyFile)
+		if err != nil {
+			v.add(i, label, "key_file", "%v", err)
+		}
+		d.Key = key
+	}
+	d.SPAMaxAge = DefaultSPAMaxAge
+	if raw.SPAMaxAge != "" {
+		d.SPAMaxAge = v.duration(i, label, "spa_max_age", raw.SPAMaxAge, maxSPAMaxAge)
+	}
+	d.SPAAllowRequested = raw.SPAAllowReq
+}
+
+// LoadKey reads a door key file: root's (CheckPrivate), readable by no one
+// else, holding the base64 of 32 random bytes.
+func LoadKey(path string) ([]byte, error) {
+	if err := CheckPrivate(path); err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if perm := fi.Mode().Perm(); perm&0o044 != 0 {
+		return nil, fmt.Errorf("%s: readable by group or others (mode %04o): a key must stay secret. Fix: chmod 600 %s", path, perm, path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, 1024))
+	if err != nil {
+		return nil, err
+	}
+	key, err := spa.ParseKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return key, nil
 }
 
 // sequence validates a list of knocks.
@@ -458,6 +555,37 @@ func (v *validator) crossCheck(doors []rawDoor) {
 				all = append(all, opened{p, d.Name})
 			}
 		}
+	}
+	knocks := map[Port]string{}
+	for _, d := range doors {
+		for _, s := range append(append([]string(nil), d.Sequence...), d.CloseSequence...) {
+			if k, err := ParseKnock(s); err == nil {
+				knocks[k] = d.Name
+			}
+		}
+	}
+	seenSPA := map[Port]string{}
+	for i, d := range doors {
+		if d.SPAPort == "" {
+			continue
+		}
+		k, err := ParseKnock(d.SPAPort)
+		if err != nil {
+			continue
+		}
+		for _, o := range all {
+			if o.port.Covers(k) {
+				v.add(i, d.Name, "spa_port", "%s is also opened by door %q (%s): an SPA port must not be an opened port", k, o.door, o.port)
+				break
+			}
+		}
+		if other, ok := knocks[k]; ok {
+			v.add(i, d.Name, "spa_port", "%s is a knock of door %q: an SPA port must be a port of its own", k, other)
+		}
+		if other, ok := seenSPA[k]; ok {
+			v.add(i, d.Name, "spa_port", "%s is already door %q's SPA port: each SPA door needs its own port", k, other)
+		}
+		seenSPA[k] = d.Name
 	}
 	for i, d := range doors {
 		for _, list := range []struct {

@@ -114,7 +114,23 @@ type Door struct {
 	OnOpen, OnClose []string
 	// HookTimeout bounds each hook's run.
 	HookTimeout time.Duration
+
+	// SPA doors (single-packet authorization) have SPAPort set and no
+	// Sequence: one authentic UDP datagram to SPAPort opens them.
+	SPAPort Port
+	// KeyFile is the door's key file; Key its 32 bytes, read at load.
+	KeyFile string
+	Key     []byte
+	// SPAMaxAge is how far a datagram's timestamp may be from now, either
+	// way (clock skew plus transit).
+	SPAMaxAge time.Duration
+	// SPAAllowRequested lets a datagram ask for another address than its
+	// source (a client behind NAT that knows its public address).
+	SPAAllowRequested bool
 }
+
+// IsSPA reports whether d is a single-packet authorization door.
+func (d *Door) IsSPA() bool { return d.SPAPort.Num != 0 }
 
 // Config is a whole validated configuration.
 type Config struct {

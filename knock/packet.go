@@ -261,3 +261,64 @@ func shortErr(trimmed bool) error {
 	}
 	return ErrTruncated
 }
+
+// UDPPayload returns the payload of the UDP datagram b holds (b starts at
+// the IPv4 or IPv6 header), as a subslice of b: no copy, no allocation.
+// It is what an SPA door needs besides what ParseIP gives. It honours the
+// IP and UDP length fields as far as they are consistent, and reports
+// ErrTruncated when the copy ends before the datagram does, so a caller
+// never verifies a datagram NFLOG cut short. An IPv6 datagram must carry
+// UDP right after the fixed header: an SPA client sends no extension
+// headers, and a packet that has them is ErrUnsupported.
+func UDPPayload(b []byte) ([]byte, error) {
+	if len(b) == 0 {
+		return nil, ErrTruncated
+	}
+	var l4 []byte
+	switch b[0] >> 4 {
+	case 4:
+		ihl := int(b[0]&0x0f) * 4
+		if ihl < ipv4MinHeader {
+			return nil, ErrMalformed
+		}
+		if len(b) < ihl {
+			return nil, ErrTruncated
+		}
+		total := int(binary.BigEndian.Uint16(b[2:4]))
+		if total < ihl {
+			return nil, ErrMalformed
+		}
+		if binary.BigEndian.Uint16(b[6:8])&0x3fff != 0 { // any fragment
+			return nil, ErrFragment
+		}
+		if b[9] != ipProtoUDP {
+			return nil, ErrUnsupported
+		}
+		if len(b) < total {
+			return nil, ErrTruncated
+		}
+		l4 = b[ihl:total]
+	case 6:
+		if len(b) < ipv6Header {
+			return nil, ErrTruncated
+		}
+		if b[6] != ipProtoUDP {
+			return nil, ErrUnsupported
+		}
+		total := ipv6Header + int(binary.BigEndian.Uint16(b[4:6]))
+		if len(b) < total {
+			return nil, ErrTruncated
+		}
+		l4 = b[ipv6Header:total]
+	default:
+		return nil, ErrUnsupported
+	}
+	if len(l4) < 8 {
+		return nil, ErrTruncated
+	}
+	ulen := int(binary.BigEndian.Uint16(l4[4:6]))
+	if ulen < 8 || ulen > len(l4) {
+		return nil, ErrMalformed
+	}
+	return l4[8:ulen], nil
+}

@@ -434,3 +434,23 @@ func BenchmarkParseIPv4TCP(b *testing.B) {
 func BenchmarkParseIPv6TCP(b *testing.B) {
 	benchmarkParseIP(b, mkIPv6(ipProtoHopByHop, mkCat(mkOpts(ipProtoTCP, 0), mkTCP(40000, 7000, FlagSYN))))
 }
+
+func TestUDPPayload(t *testing.T) {
+	data := []byte("payload!")
+	udp := mkUDP(1, 62201, data...)
+	for _, b := range [][]byte{mkIPv4(ipProtoUDP, udp), mkIPv6(ipProtoUDP, udp)} {
+		got, err := UDPPayload(b)
+		if err != nil || string(got) != string(data) {
+			t.Errorf("UDPPayload = %q, %v", got, err)
+		}
+		if _, err := UDPPayload(b[:len(b)-1]); err != ErrTruncated {
+			t.Errorf("cut short: %v, want ErrTruncated", err)
+		}
+		if n := testing.AllocsPerRun(100, func() { _, _ = UDPPayload(b) }); n != 0 {
+			t.Errorf("%v allocations", n)
+		}
+	}
+	if _, err := UDPPayload(mkIPv4(ipProtoTCP, mkTCP(1, 22, FlagSYN))); err != ErrUnsupported {
+		t.Errorf("TCP: %v", err)
+	}
+}

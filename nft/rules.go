@@ -180,12 +180,24 @@ func planSets(cfg *config.Config) []setSpec {
 			add(setSpec{name: pick(f.v6, knockingV4, knockingV6), role: roleDynamic, v6: f.v6, key: f.key, dynamic: true, size: knockingSetSize,
 				comment: f.name + " sources past a first knock: their new connections elsewhere are logged"})
 		}
+	}
+	if hasKnocks(cfg) || hasSPA(cfg) {
 		for _, f := range families {
 			add(setSpec{name: pick(f.v6, rateV4, rateV6), role: roleDynamic, v6: f.v6, key: f.key, dynamic: true, size: rateSetSize, timeout: rateTimeout,
 				comment: f.name + " knock rate per source"})
 		}
 	}
 	return sets
+}
+
+// hasSPA reports whether cfg has a single-packet authorization door.
+func hasSPA(cfg *config.Config) bool {
+	for i := range cfg.Doors {
+		if cfg.Doors[i].IsSPA() {
+			return true
+		}
+	}
+	return false
 }
 
 func hasKnocks(cfg *config.Config) bool {
@@ -383,6 +395,43 @@ func planRules(cfg *config.Config, sets []setSpec) []ruleSpec {
 				comment: "knock " + k.step.String() + ": filtered, like any closed port",
 			})
 		}
+	}
+
+	// SPA doors: the same per-source rate limit, then the datagram is
+	// logged whole (the NFLOG copy range covers it: see knock/spa.Size) and
+	// dropped, so the port looks filtered and nothing ever answers.
+	for _, d := range cfg.Doors {
+		if !d.IsSPA() {
+			continue
+		}
+		p := d.SPAPort
+		for _, f := range families {
+			name := pick(f.v6, rateV4, rateV6)
+			rules = append(rules, ruleSpec{
+				exprs: concat(matchPort(p), saddr(f.v6), []expr.Any{
+					&expr.Dynset{
+						SrcRegKey: 1, SetName: name, SetID: setID[name], Operation: uint32(unix.NFT_DYNSET_OP_ADD),
+						Exprs: []expr.Any{&expr.Limit{Type: expr.LimitTypePkts, Rate: knockRate, Over: true, Unit: expr.LimitTimeSecond, Burst: knockBurst}},
+					},
+				}, counterVerdict(expr.VerdictDrop)),
+				comment: fmt.Sprintf("door %s: SPA port %s: a source sending over %d a second is not heard", d.Name, p, knockRate),
+			})
+		}
+		var when []expr.Any
+		if d.Interface != "" {
+			when = append(when, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(d.Interface)})
+		}
+		rules = append(rules, ruleSpec{
+			exprs: concat(matchPort(p), when, []expr.Any{
+				&expr.Counter{},
+				&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: cfg.NFLOGGroup, Data: []byte(d.Name)},
+			}),
+			comment: "door " + d.Name + ": single-packet authorization",
+		}, ruleSpec{
+			exprs:   concat(matchPort(p), counterVerdict(expr.VerdictDrop)),
+			comment: "door " + d.Name + ": SPA port " + p.String() + ": filtered, nothing answers",
+		})
 	}
 
 	if hasKnocks(cfg) {

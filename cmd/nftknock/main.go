@@ -5,6 +5,8 @@
 //	nftknock grant -door DOOR -for DURATION [-table NAME | -config FILE] ADDRESS
 //	nftknock revoke -door DOOR [-table NAME | -config FILE] ADDRESS
 //	nftknock migrate KNOCKD_CONF
+//	nftknock keygen
+//	nftknock spa -door NAME -key-file FILE [-allow ADDRESS] [-p PORT] HOST
 //	nftknock help [COMMAND]
 //	nftknock -version
 //
@@ -65,7 +67,7 @@ type command struct {
 var commands []*command
 
 // Set in init: the commands' own code looks the table up for usage lines.
-func init() { commands = []*command{statusCmd, grantCmd, revokeCmd, migrateCmd} }
+func init() { commands = []*command{statusCmd, grantCmd, revokeCmd, migrateCmd, keygenCmd, spaCmd} }
 
 func lookup(name string) *command {
 	for _, c := range commands {

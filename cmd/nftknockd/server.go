@@ -48,6 +48,7 @@ type server struct {
 	now     func() time.Time
 	notify  *notifier // the service manager (sd_notify); nil outside one
 	healer  *healer   // re-installs the table when someone deletes it (heal.go); nil in tests
+	spa     *spaState // single-packet authorization doors (spa.go)
 
 	// doors maps an NFLOG prefix (a door's name) to the door's index; the
 	// reader goroutine reads it, a reload swaps it.
@@ -79,7 +80,7 @@ type grant struct {
 }
 
 func newServer(log *zap.Logger, path string, cfg *config.Config, fw firewall) (*server, error) {
-	s := &server{log: log, path: path, fw: fw, now: time.Now, closing: map[grant]time.Time{}}
+	s := &server{log: log, path: path, fw: fw, now: time.Now, closing: map[grant]time.Time{}, spa: newSPAState()}
 	if err := s.use(cfg); err != nil {
 		return nil, err
 	}
@@ -89,6 +90,9 @@ func newServer(log *zap.Logger, path string, cfg *config.Config, fw firewall) (*
 // use makes cfg the running config: door routing, one-time files, hooks
 // and a tracker for its sequences.
 func (s *server) use(cfg *config.Config) error {
+	if err := s.spa.load(cfg); err != nil {
+		return err
+	}
 	oneTime := make([]*config.OneTime, len(cfg.Doors))
 	for i, d := range cfg.Doors {
 		if d.OneTime == "" {
@@ -178,8 +182,8 @@ func run(ctx context.Context, log *zap.Logger, path string, reload <-chan struct
 		return err
 	}
 	log.Info("nftknockd stopping: the table stays, live grants run out on their own",
-		zap.Uint64("nflog_overruns", nl.Overruns()), zap.Uint64("queue_drops", s.queueDrops.Load()),
-		zap.Uint64("unparsed_packets", s.parseErrors.Load()))
+		append([]zap.Field{zap.Uint64("nflog_overruns", nl.Overruns()), zap.Uint64("queue_drops", s.queueDrops.Load()),
+			zap.Uint64("unparsed_packets", s.parseErrors.Load())}, s.spaRejectCounts()...)...)
 	return nil
 }
 
@@ -194,6 +198,8 @@ func (s *server) loop(ctx context.Context, packets <-chan knock.Packet, reload <
 			return nil
 		case p := <-packets:
 			s.packet(&p)
+		case g := <-s.spa.grants:
+			s.spaOpen(g)
 		case <-sweep.C:
 			s.housekeep(s.now())
 		case <-watchdog:
@@ -217,6 +223,9 @@ func (s *server) loop(ctx context.Context, packets <-chan knock.Packet, reload <
 // from the log prefix which door's rule logged it, and queues what the
 // tracker needs, copying no more than that.
 func (s *server) forward(lg knock.Logged, packets chan<- knock.Packet) {
+	if s.forwardSPA(lg, s.now()) {
+		return
+	}
 	var p knock.Packet
 	door, ok := (*s.doors.Load())[string(lg.Prefix)]
 	if !ok {
@@ -250,6 +259,7 @@ func (s *server) packet(p *knock.Packet) {
 // housekeep runs every sweepEvery on the loop goroutine.
 func (s *server) housekeep(now time.Time) {
 	s.tracker.Sweep(now)
+	s.spa.replay.Prune(now)
 	if s.evicted > 0 {
 		s.log.Warn("sources forgotten: max_tracked sources were part-way through a knock (a flood?)",
 			zap.Int("forgotten", s.evicted), zap.Int("max_tracked", s.cfg.MaxTracked))

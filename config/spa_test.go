@@ -1,0 +1,92 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nftknock/nftknock/knock/spa"
+)
+
+func spaKeyFile(t *testing.T, mode os.FileMode, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "door.key")
+	if err := os.WriteFile(p, []byte(text), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestSPADoor(t *testing.T) {
+	key := spaKeyFile(t, 0o600, spa.GenerateKey())
+	cfg, err := Parse("f.toml", []byte(`
+[[door]]
+name = "ssh"
+spa_port = "62201:udp"
+key_file = "`+key+`"
+open = ["22:tcp"]
+open_for = "30s"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := cfg.Doors[0]
+	if !d.IsSPA() || d.SPAPort != (Port{Num: 62201, Proto: UDP}) || len(d.Key) != spa.KeySize ||
+		d.SPAMaxAge != 30*time.Second || d.SPAAllowRequested || len(d.Sequence) != 0 {
+		t.Errorf("door %+v", d)
+	}
+}
+
+func TestSPADoorRejects(t *testing.T) {
+	good := spaKeyFile(t, 0o600, spa.GenerateKey())
+	loose := spaKeyFile(t, 0o640, spa.GenerateKey())
+	short := spaKeyFile(t, 0o600, "AAAA\n")
+	door := func(extra string) string {
+		return "[[door]]\nname = \"ssh\"\nopen = [\"22:tcp\"]\nopen_for = \"30s\"\n" + extra
+	}
+	tests := []struct {
+		name, toml string
+		want       []string
+	}{
+		{"both", door(`spa_port = "62201:udp"` + "\nkey_file = \"" + good + "\"\nsequence = [\"7000\"]\n"), []string{`door "ssh": sequence: a door has either spa_port or sequence`}},
+		{"tcp port", door(`spa_port = "62201:tcp"` + "\nkey_file = \"" + good + "\"\n"), []string{`door "ssh": spa_port:`, `UDP port`}},
+		{"no proto", door(`spa_port = "62201"` + "\nkey_file = \"" + good + "\"\n"), []string{`spa_port:`, `UDP port`}},
+		{"no key", door(`spa_port = "62201:udp"` + "\n"), []string{`door "ssh": key_file: missing`}},
+		{"relative key", door(`spa_port = "62201:udp"` + "\nkey_file = \"door.key\"\n"), []string{`key_file: "door.key" must be an absolute path`}},
+		{"readable key", door(`spa_port = "62201:udp"` + "\nkey_file = \"" + loose + "\"\n"), []string{`key_file:`, `readable by group or others`}},
+		{"short key", door(`spa_port = "62201:udp"` + "\nkey_file = \"" + short + "\"\n"), []string{`key_file:`, `holds 3 bytes, want 32`}},
+		{"bad age", door(`spa_port = "62201:udp"` + "\nkey_file = \"" + good + "\"\nspa_max_age = \"2h\"\n"), []string{`spa_max_age:`, `longer than`}},
+		{"key on knock door", door("sequence = [\"7000\"]\nseq_timeout = \"5s\"\nkey_file = \"" + good + "\"\n"), []string{`key_file: only an SPA door`}},
+		{"spa port opened", door(`spa_port = "22:udp"`+"\nkey_file = \""+good+"\"\n") + "[[door]]\nname = \"dns\"\nsequence = [\"7000\"]\nseq_timeout = \"5s\"\nopen = [\"22:udp\"]\nopen_for = \"5s\"\n", []string{`door "ssh": spa_port: 22:udp is also opened by door "dns"`}},
+	}
+	for _, tc := range tests {
+		_, err := Parse("f.toml", []byte(tc.toml))
+		if err == nil {
+			t.Errorf("%s: accepted", tc.name)
+			continue
+		}
+		found := false
+		for _, line := range strings.Split(err.Error(), "\n") {
+			if containsEvery(line, tc.want) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("%s: no error line with %q in:\n%v", tc.name, tc.want, err)
+		}
+	}
+}
+
+func containsEvery(s string, parts []string) bool {
+	for _, p := range parts {
+		if !strings.Contains(s, p) {
+			return false
+		}
+	}
+	return true
+}

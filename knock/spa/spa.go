@@ -1,0 +1,225 @@
+// Package spa is nftknock's single-packet authorization format: one UDP
+// datagram, sealed with AES-256-GCM under a key derived from the door's
+// key, that asks a door to open.
+//
+// Every datagram is exactly Size bytes:
+//
+//	off  len  field
+//	  0    2  magic "NK"
+//	  2    1  version, 1
+//	  3   12  GCM nonce, random
+//	 15   74  sealed payload (below), encrypted
+//	 89   16  GCM tag
+//
+// The header (bytes 0-14) is the AEAD's additional data. The payload is:
+//
+//	off  len  field
+//	  0    8  timestamp, Unix nanoseconds, big-endian int64
+//	  8   16  request id, random: the replay cache's key
+//	 24    1  requested address length: 0 (none), 4 or 16
+//	 25   16  requested address, zero-padded
+//	 41    1  door name length, 1-32
+//	 42   32  door name, zero-padded
+//
+// The fixed size tells a listener nothing, not even the door's name length
+// or whether an address was requested.
+package spa
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Sizes of the format.
+const (
+	KeySize    = 32 // a door key: 32 random bytes
+	headerSize = 15
+	nonceSize  = 12
+	tagSize    = 16
+	plainSize  = 74
+	maxDoorLen = 32
+	// Size is the length of every datagram.
+	Size = headerSize + plainSize + tagSize
+	// Version is the format version this package writes and reads.
+	Version = 1
+)
+
+const magic = "NK"
+
+// hkdfInfo separates the SPA key from anything else a door key may be used
+// for later (rotating sequences), so one never weakens the other.
+const hkdfInfo = "nftknock spa v1 aes-256-gcm"
+
+// Errors Open and the replay cache return: values, never wrapped, so the
+// packet path does not allocate. Each is a distinct log reason.
+var (
+	ErrTruncated = errors.New("spa: truncated datagram")
+	ErrOversized = errors.New("spa: oversized datagram")
+	ErrVersion   = errors.New("spa: not an nftknock SPA datagram of a known version")
+	ErrAuth      = errors.New("spa: not authentic (wrong key or changed byte)")
+	ErrMalformed = errors.New("spa: malformed payload")
+	ErrStale     = errors.New("spa: timestamp outside the allowed age")
+	ErrWrongDoor = errors.New("spa: sealed for another door")
+	ErrReplay    = errors.New("spa: replayed request")
+	ErrBusy      = errors.New("spa: replay cache full")
+)
+
+// Key is a door's SPA key, ready to seal and open. It is safe for
+// concurrent use.
+type Key struct {
+	aead cipher.AEAD
+}
+
+// NewKey derives the SPA key from a door's 32-byte key with HKDF-SHA256.
+func NewKey(raw []byte) (*Key, error) {
+	if len(raw) != KeySize {
+		return nil, fmt.Errorf("spa: key is %d bytes, want %d", len(raw), KeySize)
+	}
+	k, err := hkdf.Key(sha256.New, raw, nil, hkdfInfo, 32)
+	if err != nil {
+		return nil, err
+	}
+	block, err := aes.NewCipher(k)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, err
+	}
+	return &Key{aead: aead}, nil
+}
+
+// ParseKey reads a key file's contents: the base64 of 32 bytes, surrounding
+// white space allowed.
+func ParseKey(text []byte) ([]byte, error) {
+	s := strings.TrimSpace(string(text))
+	raw, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, errors.New("not base64: a key file holds the base64 of 32 random bytes (nftknock keygen makes one)")
+	}
+	if len(raw) != KeySize {
+		return nil, fmt.Errorf("holds %d bytes, want %d (nftknock keygen makes a key)", len(raw), KeySize)
+	}
+	return raw, nil
+}
+
+// GenerateKey returns a new key file's contents: base64 of 32 random
+// bytes and a newline.
+func GenerateKey() string {
+	raw := make([]byte, KeySize)
+	if _, err := rand.Read(raw); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return base64.StdEncoding.EncodeToString(raw) + "\n"
+}
+
+// Request is what an authentic datagram asks for.
+type Request struct {
+	// Time is when the client sealed it.
+	Time time.Time
+	// ID is the random request id, the replay cache's key.
+	ID [16]byte
+	// Requested is the address the client asks to open for; invalid when
+	// it asks for its own source address.
+	Requested netip.Addr
+}
+
+// Seal returns a datagram for door, asking for requested (the zero Addr:
+// the datagram's source) at now.
+func Seal(k *Key, door string, requested netip.Addr, now time.Time) ([]byte, error) {
+	if door == "" || len(door) > maxDoorLen {
+		return nil, fmt.Errorf("spa: door name must be 1-%d bytes", maxDoorLen)
+	}
+	var plain [plainSize]byte
+	binary.BigEndian.PutUint64(plain[0:8], uint64(now.UnixNano()))
+	if _, err := rand.Read(plain[8:24]); err != nil {
+		return nil, err
+	}
+	if requested.IsValid() {
+		a := requested.Unmap()
+		if a.Zone() != "" {
+			return nil, errors.New("spa: a requested address has no zone")
+		}
+		s := a.AsSlice()
+		plain[24] = byte(len(s))
+		copy(plain[25:41], s)
+	}
+	plain[41] = byte(len(door))
+	copy(plain[42:], door)
+
+	out := make([]byte, headerSize, Size)
+	copy(out, magic)
+	out[2] = Version
+	if _, err := rand.Read(out[3:headerSize]); err != nil {
+		return nil, err
+	}
+	return k.aead.Seal(out, out[3:headerSize], plain[:], out[:headerSize]), nil
+}
+
+// scratch holds decrypted payloads: a pool, so that Open allocates nothing
+// in the steady state and stays safe for concurrent use.
+var scratch = sync.Pool{New: func() any { return new([Size]byte) }}
+
+// Open authenticates datagram as a request for door at now, and checks its
+// timestamp is within maxAge of now, either way. It does not consult a
+// replay cache: that is the caller's next step (Replay.Check).
+//
+// The datagram is hostile input: Open reads nothing outside it, does not
+// change it, allocates nothing, and compares the tag in constant time (the
+// AEAD does).
+func Open(k *Key, door string, datagram []byte, now time.Time, maxAge time.Duration) (Request, error) {
+	switch {
+	case len(datagram) < Size:
+		return Request{}, ErrTruncated
+	case len(datagram) > Size:
+		return Request{}, ErrOversized
+	case string(datagram[:2]) != magic || datagram[2] != Version:
+		return Request{}, ErrVersion
+	}
+	buf := scratch.Get().(*[Size]byte)
+	defer scratch.Put(buf)
+	plain, err := k.aead.Open(buf[:0], datagram[3:headerSize], datagram[headerSize:], datagram[:headerSize])
+	if err != nil || len(plain) != plainSize {
+		return Request{}, ErrAuth
+	}
+	var r Request
+	ts := int64(binary.BigEndian.Uint64(plain[0:8]))
+	r.Time = time.Unix(0, ts)
+	// now is a real clock, far from int64's ends: no overflow.
+	if n := now.UnixNano(); ts < n-int64(maxAge) || ts > n+int64(maxAge) {
+		return Request{}, ErrStale
+	}
+	copy(r.ID[:], plain[8:24])
+	switch n := plain[24]; n {
+	case 0:
+	case 4:
+		r.Requested = netip.AddrFrom4([4]byte(plain[25:29]))
+	case 16:
+		r.Requested = netip.AddrFrom16([16]byte(plain[25:41])).Unmap()
+	default:
+		return Request{}, ErrMalformed
+	}
+	n := int(plain[41])
+	if n == 0 || n > maxDoorLen {
+		return Request{}, ErrMalformed
+	}
+	if string(plain[42:42+n]) != door || !allZero(plain[42+n:]) {
+		return Request{}, ErrWrongDoor
+	}
+	return r, nil
+}
+
+func allZero(b []byte) bool { return len(bytes.Trim(b, "\x00")) == 0 }
