@@ -385,27 +385,7 @@ func LoadKey(path string) ([]byte, error) {
 	if err := CheckPrivate(path); err != nil {
 		return nil, err
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if perm := fi.Mode().Perm(); perm&0o044 != 0 {
-		return nil, fmt.Errorf("%s: readable by group or others (mode %04o): a key must stay secret. Fix: chmod 600 %s", path, perm, path)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, 1024))
-	if err != nil {
-		return nil, err
-	}
-	key, err := spa.ParseKey(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %v", path, err)
-	}
-	return key, nil
+	return spa.ReadKeyFile(path)
 }
 
 // sequence validates a list of knocks.

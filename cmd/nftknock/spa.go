@@ -4,10 +4,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"time"
 
@@ -85,7 +83,7 @@ group or others can read is refused.`,
 
 // sealFromFile reads a client key file and seals a request.
 func sealFromFile(path, door string, req netip.Addr, now time.Time) ([]byte, error) {
-	raw, err := readClientKey(path)
+	raw, err := spa.ReadKeyFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -94,34 +92,6 @@ func sealFromFile(path, door string, req netip.Addr, now time.Time) ([]byte, err
 		return nil, err
 	}
 	return spa.Seal(k, door, req, now)
-}
-
-// readClientKey reads a key file the group or others cannot read.
-func readClientKey(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
-	if perm := fi.Mode().Perm(); perm&0o044 != 0 {
-		return nil, fmt.Errorf("%s: readable by group or others (mode %04o): a key must stay secret. Fix: chmod 600 %s", path, perm, path)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, 1024))
-	if err != nil {
-		return nil, err
-	}
-	raw, err := spa.ParseKey(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %v", path, err)
-	}
-	return raw, nil
 }
 
 func sendUDP(host string, port int, b []byte) error {

@@ -259,6 +259,7 @@ func (s *server) packet(p *knock.Packet) {
 // housekeep runs every sweepEvery on the loop goroutine.
 func (s *server) housekeep(now time.Time) {
 	s.tracker.Sweep(now)
+	s.spaSummary()
 	s.spa.replay.Prune(now)
 	if s.evicted > 0 {
 		s.log.Warn("sources forgotten: max_tracked sources were part-way through a knock (a flood?)",

@@ -177,3 +177,30 @@ func TestServerForwardCountsBadPackets(t *testing.T) {
 		t.Errorf("queued %+v, want the scan rule's packet (door -1)", p)
 	}
 }
+
+// TestSPARejectLinesBounded: a flood of forged datagrams gives at most
+// spaLinesPerSweep lines per reason a second, then one summary line with
+// the count, and every rejection is still counted.
+func TestSPARejectLinesBounded(t *testing.T) {
+	s, _, logs, _ := testServer(t, string(config.DefaultTOML()))
+	for range 25 {
+		s.spaReject("spa", src, spaNotAuthentic)
+	}
+	if n := logs.FilterMessageSnippet("SPA datagram rejected").Len(); n != spaLinesPerSweep {
+		t.Errorf("%d rejection lines, want %d", n, spaLinesPerSweep)
+	}
+	s.spaSummary()
+	sum := logs.FilterMessageSnippet("more than are logged one by one").All()
+	if len(sum) != 1 || sum[0].ContextMap()["since_last"] != uint64(25) {
+		t.Fatalf("summary lines %v, want one with since_last 25", sum)
+	}
+	// A new second: lines again, and no summary while under the bound.
+	s.spaReject("spa", src, spaNotAuthentic)
+	s.spaSummary()
+	if n := logs.FilterMessageSnippet("SPA datagram rejected").Len(); n != spaLinesPerSweep+1 {
+		t.Errorf("after a new second: %d rejection lines, want %d", n, spaLinesPerSweep+1)
+	}
+	if n := logs.FilterMessageSnippet("more than are logged").Len(); n != 1 {
+		t.Errorf("%d summaries, want still 1", n)
+	}
+}

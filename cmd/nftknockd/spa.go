@@ -96,7 +96,17 @@ type spaState struct {
 	replay  *spa.Replay
 	grants  chan spaGrant
 	rejects [numSPAReasons]atomic.Uint64
+	// lines counts the rejection lines logged since the last housekeep,
+	// per reason; reported is each reason's count at that housekeep.
+	lines    [numSPAReasons]atomic.Uint64
+	reported [numSPAReasons]uint64
 }
+
+// spaLinesPerSweep bounds the rejection lines per reason between two
+// housekeeps (a second): a flood of forged datagrams from spoofed sources
+// would otherwise be a line each, and a write to the journal each, on the
+// reader goroutine. The rest are counted and summed up once a second.
+const spaLinesPerSweep = 10
 
 func newSPAState() *spaState {
 	return &spaState{replay: spa.NewReplay(spa.DefaultReplayCap), grants: make(chan spaGrant, 64)}
@@ -163,10 +173,13 @@ func (s *server) forwardSPA(lg knock.Logged, now time.Time) bool {
 	return true
 }
 
-// spaReject logs and counts one refused datagram. The kernel's per-source
-// rate limit bounds these lines per source.
+// spaReject counts one refused datagram and logs it, unless this reason
+// has had its spaLinesPerSweep lines this second.
 func (s *server) spaReject(door string, src netip.Addr, r spaReason, extra ...zap.Field) {
 	n := s.spa.rejects[r].Add(1)
+	if s.spa.lines[r].Add(1) > spaLinesPerSweep {
+		return
+	}
 	fields := append([]zap.Field{zap.String("door", door), zap.Stringer("source", src),
 		zap.String("reason", spaReasonText[r]), zap.Uint64("count", n)}, extra...)
 	s.log.Info("SPA datagram rejected: "+spaReasonText[r], fields...)
@@ -180,6 +193,20 @@ func (s *server) spaOpen(g spaGrant) {
 	}
 	s.log.Info("SPA request authenticated", zap.String("door", g.door), zap.Stringer("source", g.src), zap.Stringer("for", g.addr))
 	s.open(i, g.addr)
+}
+
+// spaSummary runs on the loop's housekeeping tick: it logs how many
+// rejections of each reason went unlogged, and opens a new second.
+func (s *server) spaSummary() {
+	for r := range numSPAReasons {
+		lines := s.spa.lines[r].Swap(0)
+		total := s.spa.rejects[r].Load()
+		if lines > spaLinesPerSweep {
+			s.log.Warn("SPA datagrams rejected, more than are logged one by one (a flood of forged datagrams?)",
+				zap.String("reason", spaReasonText[r]), zap.Uint64("since_last", total-s.spa.reported[r]), zap.Uint64("total", total))
+		}
+		s.spa.reported[r] = total
+	}
 }
 
 // spaRejectCounts is every reason's count, for the stop message.

@@ -36,7 +36,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -115,6 +117,42 @@ func ParseKey(text []byte) ([]byte, error) {
 	}
 	return raw, nil
 }
+
+// ReadKeyFile reads and parses a key file, refusing one that is not a
+// regular file or that its group or others can read: a key must stay
+// secret. Both the daemon (for a door's key_file) and the client use it.
+func ReadKeyFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	// Stat the open file, not the path, so the checks and the read are
+	// about the same file.
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	if perm := fi.Mode().Perm(); perm&0o044 != 0 {
+		return nil, fmt.Errorf("%s: readable by group or others (mode %04o): a key must stay secret. Fix: chmod 600 %s", path, perm, path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxKeyFile))
+	if err != nil {
+		return nil, err
+	}
+	raw, err := ParseKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return raw, nil
+}
+
+// maxKeyFile bounds what is read of a key file: base64 of 32 bytes and a
+// newline need 45.
+const maxKeyFile = 1024
 
 // GenerateKey returns a new key file's contents: base64 of 32 random
 // bytes and a newline.
