@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,7 +21,7 @@ import (
 )
 
 // doorKeys lists the keys a [[door]] may have, for error messages.
-const doorKeys = "name, sequence, close_sequence, one_time_sequences, seq_timeout, tcp_flags, interface, open, open_to, open_for, always_allow, on_open, on_close, hook_timeout, spa_port, key_file, spa_max_age, spa_allow_requested"
+const doorKeys = "name, sequence, close_sequence, one_time_sequences, seq_timeout, tcp_flags, interface, open, open_to, open_for, always_allow, on_open, on_close, hook_timeout, spa_port, key_file, spa_max_age, spa_allow_requested, sequence_key_file, sequence_length, sequence_ports, rotate_every"
 
 // Limits on what a configuration may ask for. They keep a hostile or
 // mistaken file from making the daemon build an unbounded ruleset or table.
@@ -38,11 +39,31 @@ const (
 	maxHookTimeout = 10 * time.Minute
 	maxSPAMaxAge   = time.Hour
 
+	// A rotating door's sequence: 2-16 knocks drawn from at least
+	// minRotatingPorts ports, worth at least minRotatingBits bits (a blind
+	// guess succeeds less than once in 2^32 tries), rotating at most every
+	// minRotateEvery (a client needs time to send it).
+	minRotatingLength = 2
+	maxRotatingLength = 16
+	minRotatingPorts  = 256
+	minRotatingBits   = 32
+	minRotateEvery    = time.Second
+	maxRotateEvery    = 24 * time.Hour
+
 	defaultHookTimeout = 10 * time.Second
 )
 
 // DefaultSPAMaxAge is an SPA door's spa_max_age when the file gives none.
 const DefaultSPAMaxAge = 30 * time.Second
+
+// A rotating door's parameters when the file gives none. The client
+// (nftknock knock -door) has the same defaults, so a door that keeps them
+// needs only its key on the client.
+const (
+	DefaultSequenceLength = 4
+	DefaultSequencePorts  = "20000-40000:tcp"
+	DefaultRotateEvery    = 30 * time.Second
+)
 
 var (
 	doorNameRE  = regexp.MustCompile(`^[a-z0-9_]+$`)
@@ -86,6 +107,10 @@ type rawDoor struct {
 	KeyFile       string   `toml:"key_file"`
 	SPAMaxAge     string   `toml:"spa_max_age"`
 	SPAAllowReq   bool     `toml:"spa_allow_requested"`
+	SeqKeyFile    string   `toml:"sequence_key_file"`
+	SeqLength     *int64   `toml:"sequence_length"`
+	SeqPorts      string   `toml:"sequence_ports"`
+	RotateEvery   string   `toml:"rotate_every"`
 }
 
 // Error is one problem found in a configuration file.
@@ -263,6 +288,10 @@ func (v *validator) door(i int, raw *rawDoor) Door {
 		v.add(i, label, "name", "missing: every door needs a name of [a-z0-9_]+")
 	case !doorNameRE.MatchString(raw.Name) || len(raw.Name) > maxNameLen:
 		v.add(i, label, "name", "%q must be 1-%d characters of a-z 0-9 _", raw.Name, maxNameLen)
+	case slices.Contains([]string{"knock_first", "knocking", "knock_rate"}, raw.Name) || strings.HasSuffix(raw.Name, "_allow"):
+		// The door's sets, <name>_v4 and <name>_v6, would have the name
+		// of a table-wide set or of another door's always_allow set.
+		v.add(i, label, "name", "%q would give the door a set name nftknock uses for its own sets (knock_first, knocking, knock_rate, <door>_allow): choose another name", raw.Name)
 	}
 
 	spa := raw.SPAPort != ""
@@ -278,8 +307,23 @@ func (v *validator) door(i int, raw *rawDoor) Door {
 			}
 		}
 	}
+	rotating := raw.SeqKeyFile != ""
+	if rotating {
+		v.rotating(i, label, raw, &d)
+	} else {
+		for _, f := range []struct {
+			name string
+			set  bool
+		}{{"sequence_length", raw.SeqLength != nil}, {"sequence_ports", raw.SeqPorts != ""}, {"rotate_every", raw.RotateEvery != ""}} {
+			if f.set {
+				v.add(i, label, f.name, "only a rotating door (one with sequence_key_file) has %s", f.name)
+			}
+		}
+	}
 	switch {
-	case spa:
+	case spa && rotating:
+		v.add(i, label, "sequence_key_file", "a door has either spa_port or sequence_key_file, not both")
+	case spa, rotating:
 	case raw.OneTime != "" && len(raw.Sequence) > 0:
 		v.add(i, label, "one_time_sequences", "a door has either sequence or one_time_sequences, not both")
 	case raw.OneTime != "":
@@ -332,6 +376,9 @@ func (v *validator) door(i int, raw *rawDoor) Door {
 	}
 	if !spa {
 		d.SeqTimeout = v.duration(i, label, "seq_timeout", raw.SeqTimeout, maxSeqTimeout)
+		if d.IsRotating() && d.SeqTimeout > d.RotateEvery {
+			v.add(i, label, "seq_timeout", "%s is longer than rotate_every (%s): a sequence is accepted for two windows from the one it was drawn for, so a knock begun late could not finish; make seq_timeout at most rotate_every", d.SeqTimeout, d.RotateEvery)
+		}
 	} else if raw.SeqTimeout != "" {
 		v.add(i, label, "seq_timeout", "an SPA door has no knock sequence to time out: remove seq_timeout")
 	}
@@ -363,20 +410,79 @@ func (v *validator) spa(i int, label string, raw *rawDoor, d *Door) {
 	switch {
 	case raw.KeyFile == "":
 		v.add(i, label, "key_file", "missing: an SPA door needs a key file (nftknock keygen > FILE; chmod 600 FILE)")
-	case !filepath.IsAbs(raw.KeyFile):
-		v.add(i, label, "key_file", "%q must be an absolute path", raw.KeyFile)
 	default:
-		key, err := LoadKey(raw.KeyFile)
-		if err != nil {
-			v.add(i, label, "key_file", "%v", err)
-		}
-		d.Key = key
+		d.Key = v.keyFile(i, label, "key_file", raw.KeyFile)
 	}
 	d.SPAMaxAge = DefaultSPAMaxAge
 	if raw.SPAMaxAge != "" {
 		d.SPAMaxAge = v.duration(i, label, "spa_max_age", raw.SPAMaxAge, maxSPAMaxAge)
 	}
 	d.SPAAllowRequested = raw.SPAAllowReq
+}
+
+// rotating validates a rotating door's keys into d. Its sequence is
+// derived, so a fixed one as well is an error.
+func (v *validator) rotating(i int, label string, raw *rawDoor, d *Door) {
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{{"sequence", len(raw.Sequence) > 0}, {"one_time_sequences", raw.OneTime != ""}, {"close_sequence", raw.CloseSequence != nil}} {
+		if f.set {
+			v.add(i, label, f.name, "a rotating door (one with sequence_key_file) derives its sequence: remove %s", f.name)
+		}
+	}
+	d.SequenceKeyFile = raw.SeqKeyFile
+	d.SequenceKey = v.keyFile(i, label, "sequence_key_file", raw.SeqKeyFile)
+	d.SequenceLength = DefaultSequenceLength
+	if raw.SeqLength != nil {
+		if n := *raw.SeqLength; n < minRotatingLength || n > maxRotatingLength {
+			v.add(i, label, "sequence_length", "%d is out of range %d-%d", n, minRotatingLength, maxRotatingLength)
+		} else {
+			d.SequenceLength = int(n)
+		}
+	}
+	ports := DefaultSequencePorts
+	if raw.SeqPorts != "" {
+		ports = raw.SeqPorts
+	}
+	p, err := ParsePort(ports)
+	size := int(p.End()) - int(p.Num) + 1
+	switch {
+	case err != nil:
+		v.add(i, label, "sequence_ports", "%v", err)
+	case size < minRotatingPorts:
+		v.add(i, label, "sequence_ports", "%q holds %d ports: give a range of at least %d, e.g. %q", ports, size, minRotatingPorts, DefaultSequencePorts)
+	case float64(d.SequenceLength)*math.Log2(float64(size)) < minRotatingBits:
+		v.add(i, label, "sequence_ports", "%d knocks over %d ports are worth %.0f bits: a blind guess would succeed about once in 2^%.0f tries; make sequence_length or the range larger (at least %d bits)",
+			d.SequenceLength, size, float64(d.SequenceLength)*math.Log2(float64(size)), float64(d.SequenceLength)*math.Log2(float64(size)), minRotatingBits)
+	default:
+		d.SequencePorts = p
+	}
+	d.RotateEvery = DefaultRotateEvery
+	if raw.RotateEvery != "" {
+		if e := v.duration(i, label, "rotate_every", raw.RotateEvery, maxRotateEvery); e != 0 {
+			if e < minRotateEvery {
+				v.add(i, label, "rotate_every", "%q is shorter than %s: a client needs time to send the sequence", raw.RotateEvery, minRotateEvery)
+			} else {
+				d.RotateEvery = e
+			}
+		}
+	}
+}
+
+// keyFile reads the key file a door's field names.
+func (v *validator) keyFile(i int, label, field, path string) []byte {
+	switch {
+	case !filepath.IsAbs(path):
+		v.add(i, label, field, "%q must be an absolute path", path)
+	default:
+		key, err := LoadKey(path)
+		if err != nil {
+			v.add(i, label, field, "%v", err)
+		}
+		return key
+	}
+	return nil
 }
 
 // LoadKey reads a door key file: root's (CheckPrivate), readable by no one
@@ -520,19 +626,21 @@ func (v *validator) duration(i int, label, field, s string, max time.Duration) t
 	return 0
 }
 
+// openedPort is a port a door opens.
+type openedPort struct {
+	port Port
+	door string
+}
+
 // crossCheck rejects a port that one door knocks on and another (or the
 // same) door opens: the opened port's drop rule would swallow the knock,
 // or a knock would open the port it is supposed to guard.
 func (v *validator) crossCheck(doors []rawDoor) {
-	type opened struct {
-		port Port
-		door string
-	}
-	var all []opened
+	var all []openedPort
 	for _, d := range doors {
 		for _, s := range d.Open {
 			if p, err := ParsePort(s); err == nil {
-				all = append(all, opened{p, d.Name})
+				all = append(all, openedPort{p, d.Name})
 			}
 		}
 	}
@@ -567,6 +675,7 @@ func (v *validator) crossCheck(doors []rawDoor) {
 		}
 		seenSPA[k] = d.Name
 	}
+	v.crossCheckRotating(doors, all)
 	for i, d := range doors {
 		for _, list := range []struct {
 			field string
@@ -590,6 +699,54 @@ func (v *validator) crossCheck(doors []rawDoor) {
 	}
 }
 
+// crossCheckRotating keeps a rotating door's range to itself: every port
+// of it is dropped, so an opened port, another door's knock or SPA port, or
+// another range inside it would be swallowed or would confuse the doors.
+func (v *validator) crossCheckRotating(doors []rawDoor, opened []openedPort) {
+	type span struct {
+		ports Port
+		door  string
+	}
+	var ranges []span
+	for i, d := range doors {
+		if d.SeqKeyFile == "" {
+			continue
+		}
+		s := d.SeqPorts
+		if s == "" {
+			s = DefaultSequencePorts
+		}
+		r, err := ParsePort(s)
+		if err != nil {
+			continue // reported already
+		}
+		clash := func(what string) {
+			v.add(i, d.Name, "sequence_ports", "%s overlaps %s: a rotating door's range must be ports of its own", r, what)
+		}
+		for _, o := range opened {
+			if o.port.Overlaps(r) {
+				clash(fmt.Sprintf("%s, which door %q opens", o.port, o.door))
+			}
+		}
+		for _, o := range doors {
+			for _, s := range slices.Concat(o.Sequence, o.CloseSequence) {
+				if k, err := ParseKnock(s); err == nil && r.Covers(k) {
+					clash(fmt.Sprintf("%s, a knock of door %q", k, o.Name))
+				}
+			}
+			if k, err := ParseKnock(o.SPAPort); err == nil && o.SPAPort != "" && r.Covers(k) {
+				clash(fmt.Sprintf("%s, door %q's SPA port", k, o.Name))
+			}
+		}
+		for _, o := range ranges {
+			if o.ports.Overlaps(r) {
+				clash(fmt.Sprintf("%s, door %q's range", o.ports, o.door))
+			}
+		}
+		ranges = append(ranges, span{r, d.Name})
+	}
+}
+
 // crossCheckOneTime applies crossCheck's rule to the sequence a
 // one_time_sequences file has due now.
 func (v *validator) crossCheckOneTime(doors []Door) {
@@ -604,6 +761,10 @@ func (v *validator) crossCheckOneTime(doors []Door) {
 						v.add(i, d.Name, "one_time_sequences",
 							"%s: the sequence due now knocks on %s, which door %q opens: a knock port must not be an opened port", d.OneTime, k, o.Name)
 					}
+				}
+				if o.IsRotating() && o.SequencePorts.Covers(k) {
+					v.add(i, d.Name, "one_time_sequences",
+						"%s: the sequence due now knocks on %s, inside rotating door %q's range %s: a knock port must be a port of its own", d.OneTime, k, o.Name, o.SequencePorts)
 				}
 			}
 		}

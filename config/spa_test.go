@@ -49,10 +49,7 @@ func TestSPADoorRejects(t *testing.T) {
 	door := func(extra string) string {
 		return "[[door]]\nname = \"ssh\"\nopen = [\"22:tcp\"]\nopen_for = \"30s\"\n" + extra
 	}
-	tests := []struct {
-		name, toml string
-		want       []string
-	}{
+	tests := []rejectCase{
 		{"both", door(`spa_port = "62201:udp"` + "\nkey_file = \"" + good + "\"\nsequence = [\"7000\"]\n"), []string{`door "ssh": sequence: a door has either spa_port or sequence`}},
 		{"tcp port", door(`spa_port = "62201:tcp"` + "\nkey_file = \"" + good + "\"\n"), []string{`door "ssh": spa_port:`, `UDP port`}},
 		{"no proto", door(`spa_port = "62201"` + "\nkey_file = \"" + good + "\"\n"), []string{`spa_port:`, `UDP port`}},
@@ -64,6 +61,18 @@ func TestSPADoorRejects(t *testing.T) {
 		{"key on knock door", door("sequence = [\"7000\"]\nseq_timeout = \"5s\"\nkey_file = \"" + good + "\"\n"), []string{`key_file: only an SPA door`}},
 		{"spa port opened", door(`spa_port = "22:udp"`+"\nkey_file = \""+good+"\"\n") + "[[door]]\nname = \"dns\"\nsequence = [\"7000\"]\nseq_timeout = \"5s\"\nopen = [\"22:udp\"]\nopen_for = \"5s\"\n", []string{`door "ssh": spa_port: 22:udp is also opened by door "dns"`}},
 	}
+	checkRejects(t, tests)
+}
+
+// rejectCase is a config that must be refused with an error line that
+// holds every one of want.
+type rejectCase struct {
+	name, toml string
+	want       []string
+}
+
+func checkRejects(t *testing.T, tests []rejectCase) {
+	t.Helper()
 	for _, tc := range tests {
 		_, err := Parse("f.toml", []byte(tc.toml))
 		if err == nil {

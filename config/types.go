@@ -50,6 +50,11 @@ func (p Port) Covers(k Port) bool {
 	return p.Proto == k.Proto && k.Num >= p.Num && k.Num <= p.End()
 }
 
+// Overlaps reports whether p and q share a port of the same protocol.
+func (p Port) Overlaps(q Port) bool {
+	return p.Proto == q.Proto && p.Num <= q.End() && q.Num <= p.End()
+}
+
 // End returns the last port the Port covers.
 func (p Port) End() uint16 { return max(p.Num, p.Last) }
 
@@ -127,7 +132,20 @@ type Door struct {
 	// SPAAllowRequested lets a datagram ask for another address than its
 	// source (a client behind NAT that knows its public address).
 	SPAAllowRequested bool
+
+	// Rotating doors have RotateEvery set and no fixed sequence: for each
+	// window of RotateEvery, a sequence of SequenceLength distinct ports of
+	// the range SequencePorts is derived from SequenceKey (knock/rotate),
+	// and the daemon accepts the current and the previous window's.
+	SequenceKeyFile string
+	SequenceKey     []byte
+	SequenceLength  int
+	SequencePorts   Port // a range: Num to Last
+	RotateEvery     time.Duration
 }
+
+// IsRotating reports whether d is a rotating-sequence door.
+func (d *Door) IsRotating() bool { return d.RotateEvery > 0 }
 
 // IsSPA reports whether d is a single-packet authorization door.
 func (d *Door) IsSPA() bool { return d.SPAPort.Num != 0 }

@@ -72,11 +72,13 @@ func (r ResetReason) String() string {
 
 // Event is one thing that happened to one source. Door indexes the doors
 // the Tracker was made with; it is -1 for EventEvict. Close says the event
-// concerns the door's close sequence.
+// concerns the door's close sequence; Slot, which of a rotating door's
+// open sequences (0 otherwise).
 type Event struct {
 	Kind   EventKind
 	Door   int
 	Close  bool
+	Slot   int
 	Src    netip.Addr
 	Step   int // knocks done: after EventStep, or before EventReset/EventTimeout
 	Of     int // length of the sequence
@@ -118,6 +120,7 @@ type Tracker struct {
 type sequence struct {
 	door  int
 	close bool
+	slot  int // which of the door's open sequences
 	steps []config.Port
 }
 
@@ -147,6 +150,12 @@ func NewTracker(doors []config.Door, maxTracked int, emit func(Event)) *Tracker 
 	for i, d := range doors {
 		t.doorSeqs[i] = append(t.doorSeqs[i], len(t.seqs))
 		t.seqs = append(t.seqs, sequence{door: i, steps: d.Sequence})
+		if d.IsRotating() {
+			// Two slots, for the current and the previous window's
+			// sequences; SetSequence fills them as the windows turn.
+			t.doorSeqs[i] = append(t.doorSeqs[i], len(t.seqs))
+			t.seqs = append(t.seqs, sequence{door: i, slot: 1})
+		}
 		if len(d.CloseSequence) > 0 {
 			t.doorSeqs[i] = append(t.doorSeqs[i], len(t.seqs))
 			t.seqs = append(t.seqs, sequence{door: i, close: true, steps: d.CloseSequence})
@@ -165,11 +174,12 @@ func (t *Tracker) indexPorts(door int) {
 	}
 }
 
-// SetSequence replaces door's (open) sequence, as a one_time_sequences
-// door does once a sequence is used up, and forgets every source's
-// progress through the old one. An empty sequence disables the door.
-func (t *Tracker) SetSequence(door int, steps []config.Port) {
-	si := t.doorSeqs[door][0]
+// SetSequence replaces one of door's open sequences — slot 0, or for a
+// rotating door slot 0 or 1 — as a one_time_sequences door does once a
+// sequence is used up and a rotating door each window, and forgets every
+// source's progress through the old one. An empty sequence opens nothing.
+func (t *Tracker) SetSequence(door, slot int, steps []config.Port) {
+	si := t.doorSeqs[door][slot]
 	t.seqs[si].steps = steps
 	t.indexPorts(door)
 	for s := t.head; s != nil; {
@@ -295,7 +305,7 @@ func (t *Tracker) done(sq *sequence, src netip.Addr) Event {
 	if sq.close {
 		kind = EventClose
 	}
-	return Event{Kind: kind, Door: sq.door, Close: sq.close, Src: src, Step: len(sq.steps), Of: len(sq.steps)}
+	return Event{Kind: kind, Door: sq.door, Close: sq.close, Slot: sq.slot, Src: src, Step: len(sq.steps), Of: len(sq.steps)}
 }
 
 // Sweep forgets progress older than its door's seq_timeout, reporting each

@@ -353,7 +353,7 @@ func TestTrackerSetSequence(t *testing.T) {
 	tr.Observe(t0, syn(srcA, 7000))
 	tr.Observe(t0, syn(srcB, 7000))
 	next := []config.Port{{Num: 7100, Proto: config.UDP}, {Num: 7200, Proto: config.TCP}}
-	tr.SetSequence(0, next)
+	tr.SetSequence(0, 0, next)
 	if tr.Len() != 0 {
 		t.Errorf("progress through the used-up sequence kept: Len %d", tr.Len())
 	}
@@ -364,10 +364,68 @@ func TestTrackerSetSequence(t *testing.T) {
 	if got, want := rec.take(), "step ssh 192.0.2.10 1; open ssh 192.0.2.10"; got != want {
 		t.Errorf("events %q, want %q", got, want)
 	}
-	tr.SetSequence(0, nil) // the file ran out: the door opens nothing
+	tr.SetSequence(0, 0, nil) // the file ran out: the door opens nothing
 	tr.Observe(t0, udp(srcA, 7100))
 	tr.Observe(t0, syn(srcA, 7200))
 	if got := rec.take(); got != "" || tr.Len() != 0 {
 		t.Errorf("disabled door: events %q, Len %d", got, tr.Len())
+	}
+}
+
+// TestTrackerRotatingSlots: a rotating door has two open sequences (the
+// current and previous windows'); a knock completes either, the event
+// names the slot, and replacing one slot leaves progress through the other.
+func TestTrackerRotatingSlots(t *testing.T) {
+	d := sshDoor()
+	d.Sequence = nil
+	d.RotateEvery = 30 * time.Second
+	d.SequencePorts = config.Port{Num: 20000, Last: 40000, Proto: config.TCP}
+	var slots []int
+	rec := &recorder{doors: []config.Door{d}}
+	tr := NewTracker([]config.Door{d}, 16, func(e Event) {
+		rec.emit(e)
+		if e.Kind == EventOpen {
+			slots = append(slots, e.Slot)
+		}
+	})
+	prev := []config.Port{{Num: 21000, Proto: config.TCP}, {Num: 22000, Proto: config.TCP}, {Num: 23000, Proto: config.TCP}}
+	cur := []config.Port{{Num: 31000, Proto: config.TCP}, {Num: 32000, Proto: config.TCP}, {Num: 33000, Proto: config.TCP}}
+	// Before any SetSequence, nothing opens a rotating door.
+	for _, p := range cur {
+		tr.Observe(t0, syn(srcA, p.Num))
+	}
+	if got := rec.take(); got != "" {
+		t.Fatalf("unset rotating door: events %q", got)
+	}
+	tr.SetSequence(0, 0, prev)
+	tr.SetSequence(0, 1, cur)
+	for _, p := range cur {
+		tr.Observe(t0, syn(srcA, p.Num))
+	}
+	tr.Observe(t0, syn(srcB, 21000))
+	tr.Observe(t0, syn(srcB, 22000))
+	// The window turns: slot 0 gets the next window's sequence. srcB's
+	// progress through it is gone; a knock begun on slot 1 would stay.
+	tr.Observe(t0, syn(srcA, 31000))
+	tr.SetSequence(0, 0, []config.Port{{Num: 25000, Proto: config.TCP}, {Num: 26000, Proto: config.TCP}})
+	tr.Observe(t0, syn(srcB, 23000))
+	tr.Observe(t0, syn(srcA, 32000))
+	tr.Observe(t0, syn(srcA, 33000))
+	want := "step ssh 192.0.2.10 1; step ssh 192.0.2.10 2; open ssh 192.0.2.10; " +
+		"step ssh 192.0.2.11 1; step ssh 192.0.2.11 2; " +
+		"step ssh 192.0.2.10 1; step ssh 192.0.2.10 2; open ssh 192.0.2.10"
+	if got := rec.take(); got != want {
+		t.Errorf("events\n %q, want\n %q", got, want)
+	}
+	if len(slots) != 2 || slots[0] != 1 || slots[1] != 1 {
+		t.Errorf("opens came from slots %v, want [1 1]", slots)
+	}
+	// A used-up slot opens nothing.
+	tr.SetSequence(0, 1, nil)
+	for _, p := range cur {
+		tr.Observe(t0, syn(srcA, p.Num))
+	}
+	if got := rec.take(); got != "" {
+		t.Errorf("used-up sequence: events %q", got)
 	}
 }

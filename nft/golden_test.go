@@ -82,9 +82,14 @@ func TestGoldenInstall(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		cfg  *config.Config
+		// then runs after Install; its messages are pinned too.
+		then func(f *Firewall) error
 	}{
-		{"default", defaultConfig()},
-		{"shared", sharedConfig()},
+		{"default", defaultConfig(), nil},
+		{"shared", sharedConfig(), nil},
+		// An SPA door and a rotating door, then a rotation: one batch
+		// that flushes and refills both of the door's port sets.
+		{"doors", doorsConfig(), func(f *Firewall) error { return f.Rotate("rot", rotSeqs) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			k := &fakeKernel{table: tc.cfg.Table}
@@ -95,6 +100,11 @@ func TestGoldenInstall(t *testing.T) {
 			defer f.Close()
 			if err := f.Install(tc.cfg); err != nil {
 				t.Fatal(err)
+			}
+			if tc.then != nil {
+				if err := tc.then(f); err != nil {
+					t.Fatal(err)
+				}
 			}
 			got := renderMessages(k.sent)
 			path := filepath.Join("testdata", "install_"+tc.name+".golden")

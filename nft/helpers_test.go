@@ -52,3 +52,36 @@ func sharedConfig() *config.Config {
 func elem(addr string, timeout time.Duration) []nftables.SetElement {
 	return []nftables.SetElement{{Key: mustAddr(addr).AsSlice(), Timeout: timeout}}
 }
+
+// doorsConfig has a door of each kind besides the fixed knock: an SPA door
+// (vpn, 62201/udp) and a rotating door (rot, 20000-40000/tcp).
+func doorsConfig() *config.Config {
+	cfg := defaultConfig()
+	cfg.Doors = append(cfg.Doors, config.Door{
+		Name:      "vpn",
+		SPAPort:   udp(62201),
+		Key:       make([]byte, 32),
+		SPAMaxAge: 30 * time.Second,
+		TCPFlags:  config.DefaultTCPFlags,
+		Open:      []config.Port{udp(1194)},
+		OpenFor:   time.Minute,
+	}, config.Door{
+		Name:           "rot",
+		SequenceKey:    make([]byte, 32),
+		SequenceLength: 3,
+		SequencePorts:  config.Port{Num: 20000, Last: 40000, Proto: config.TCP},
+		RotateEvery:    30 * time.Second,
+		SeqTimeout:     10 * time.Second,
+		TCPFlags:       config.DefaultTCPFlags,
+		Open:           []config.Port{tcp(2222)},
+		OpenFor:        30 * time.Second,
+	})
+	return cfg
+}
+
+// rotSeqs are two windows' sequences for doorsConfig's rot door; 25000 is
+// the first knock of one and a later knock of the other.
+var rotSeqs = [][]config.Port{
+	{tcp(31000), tcp(25000), tcp(22222)},
+	{tcp(25000), tcp(36000), tcp(21111)},
+}

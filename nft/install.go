@@ -47,6 +47,16 @@ func (f *Firewall) install(cfg *config.Config) error {
 	}
 
 	wantSets := planSets(cfg)
+	for i, spec := range wantSets {
+		if spec.role == roleRotation {
+			k := f.rotation[spec.door]
+			ports := k.first
+			if spec.name == NextSetName(spec.door) {
+				ports = k.next
+			}
+			wantSets[i].elements = portElements(ports)
+		}
+	}
 	rules := planRules(cfg, wantSets)
 	want := make(map[string]setSpec, len(wantSets))
 	for _, s := range wantSets {
@@ -150,8 +160,10 @@ func (f *Firewall) install(cfg *config.Config) error {
 
 	f.doors = f.doors[:0]
 	f.anyone = map[string]bool{}
+	f.rotating = map[string]bool{}
 	for _, d := range cfg.Doors {
 		f.anyone[d.Name] = d.OpenToAnyone
+		f.rotating[d.Name] = d.IsRotating()
 		f.doors = append(f.doors, d.Name)
 	}
 	f.mirror = seeds
@@ -213,7 +225,7 @@ func newSet(t *nftables.Table, spec setSpec) *nftables.Set {
 		Table:      t,
 		ID:         spec.id,
 		Name:       spec.name,
-		HasTimeout: spec.role != roleAllow,
+		HasTimeout: spec.role != roleAllow && spec.role != roleRotation,
 		Timeout:    spec.timeout,
 		Interval:   spec.interval,
 		Dynamic:    spec.dynamic,
@@ -233,7 +245,7 @@ func newSet(t *nftables.Table, spec setSpec) *nftables.Set {
 // config.
 func fits(s *nftables.Set, spec setSpec) bool {
 	want := newSet(nil, spec)
-	return spec.role != roleAllow &&
+	return spec.role != roleAllow && spec.role != roleRotation &&
 		s.KeyType.GetNFTMagic() == want.KeyType.GetNFTMagic() &&
 		s.KeyType.Bytes == want.KeyType.Bytes &&
 		s.HasTimeout && s.Dynamic == want.Dynamic && s.Timeout == want.Timeout &&

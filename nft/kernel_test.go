@@ -78,13 +78,21 @@ func TestKernelInstallRuleset(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		cfg  *config.Config
+		rot  [][]config.Port // the rot door's sequences, if any
 	}{
-		{"ruleset", defaultConfig()},
-		{"ruleset_shared", sharedConfig()},
+		{"ruleset", defaultConfig(), nil},
+		{"ruleset_shared", sharedConfig(), nil},
+		{"ruleset_doors", doorsConfig(), rotSeqs},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := newNetns(t)
 			f := ns.open(t, "nftknock")
+			if tc.rot != nil {
+				// Before Install: recorded, and put in by Install.
+				if err := f.Rotate("rot", tc.rot); err != nil {
+					t.Fatal(err)
+				}
+			}
 			install(t, f, tc.cfg)
 			got := ns.nft(t, "list", "table", "inet", "nftknock")
 
@@ -601,5 +609,77 @@ func TestKernelLastingConnAfterFailedBatch(t *testing.T) {
 		if want := len(planSets(defaultConfig())); err != nil || len(sets) != want {
 			t.Fatalf("round %d: GetSets = %d, %v; want %d", i, len(sets), err, want)
 		}
+	}
+}
+
+// TestKernelRotate: Rotate replaces a rotating door's port sets in one
+// batch, an Install (a reload or a heal) keeps what it last set, and a
+// rotation the kernel refuses changes nothing.
+func TestKernelRotate(t *testing.T) {
+	t.Parallel()
+	ns := newNetns(t)
+	f := ns.open(t, "nftknock")
+	// A fresh start: no table, no record of what is unused.
+	if v, err := f.StillValid("rot", rotSeqs); err != nil || v[0] || v[1] {
+		t.Fatalf("StillValid without a table = %v, %v; want all used, no error", v, err)
+	}
+	install(t, f, doorsConfig())
+	sets := func() string {
+		t.Helper()
+		return ns.nft(t, "list", "set", "inet", "nftknock", "rot_first") + ns.nft(t, "list", "set", "inet", "nftknock", "rot_next")
+	}
+	elements := regexp.MustCompile(`elements = \{ ([0-9, ]+) \}`)
+	got := func() []string {
+		t.Helper()
+		var out []string
+		for _, m := range elements.FindAllStringSubmatch(sets(), -1) {
+			out = append(out, m[1])
+		}
+		return out
+	}
+	if g := got(); len(g) != 0 {
+		t.Fatalf("before any rotation the sets hold %q", g)
+	}
+	if err := f.Rotate("rot", rotSeqs); err != nil {
+		t.Fatal(err)
+	}
+	if g := strings.Join(got(), " / "); g != "25000, 31000 / 21111, 22222, 36000" {
+		t.Fatalf("after the rotation: %q", g)
+	}
+	// The next window: the older sequence goes, a new one comes.
+	next := [][]config.Port{rotSeqs[1], {tcp(33000), tcp(34000), tcp(35000)}}
+	if err := f.Rotate("rot", next); err != nil {
+		t.Fatal(err)
+	}
+	if g := strings.Join(got(), " / "); g != "25000, 33000 / 21111, 34000, 35000, 36000" {
+		t.Fatalf("after the second rotation: %q", g)
+	}
+	// What a restarted daemon reads back: the older sequence is gone, the
+	// newer held whole, and a sequence with one port missing is not.
+	partial := []config.Port{tcp(33000), tcp(34000), tcp(39999)}
+	if v, err := f.StillValid("rot", [][]config.Port{rotSeqs[0], next[1], rotSeqs[1], partial}); err != nil ||
+		v[0] || !v[1] || !v[2] || v[3] {
+		t.Fatalf("StillValid = %v, %v; want [false true true false]", v, err)
+	}
+	install(t, f, doorsConfig())
+	if g := strings.Join(got(), " / "); g != "25000, 33000 / 21111, 34000, 35000, 36000" {
+		t.Fatalf("after a reinstall: %q", g)
+	}
+	// Both used up: the sets are empty, so no knock reaches the daemon.
+	if err := f.Rotate("rot", nil); err != nil {
+		t.Fatal(err)
+	}
+	if g := got(); len(g) != 0 {
+		t.Fatalf("all used up, the sets still hold %q", g)
+	}
+	// With the table deleted behind its back, a rotation fails (and says
+	// so); the heal's Install then puts in what it was asked for last.
+	ns.nft(t, "delete", "table", "inet", "nftknock")
+	if err := f.Rotate("rot", [][]config.Port{{tcp(30001), tcp(30002)}}); err == nil {
+		t.Fatal("a rotation into a deleted table reported success")
+	}
+	install(t, f, doorsConfig())
+	if g := strings.Join(got(), " / "); g != "30001 / 30002" {
+		t.Fatalf("after the heal: %q", g)
 	}
 }

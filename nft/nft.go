@@ -76,6 +76,10 @@ type Firewall struct {
 	doors []string
 	// anyone are the installed open_to = "anyone" doors.
 	anyone map[string]bool
+	// rotating are the installed rotating doors, and rotation the knocks
+	// each rotating door accepts now, as Rotate last set them.
+	rotating map[string]bool
+	rotation map[string]knocksNow
 
 	// mirror is when each granted element expires, as far as this process
 	// knows: seeded from the kernel by Install, updated by Grant and
@@ -127,6 +131,8 @@ func Open(table string, opts ...nftables.ConnOption) (*Firewall, error) {
 		opts:   slices.Clone(opts),
 		now:    time.Now,
 		mirror: map[grantKey]time.Time{},
+
+		rotation: map[string]knocksNow{},
 
 		timeouts: map[grantKey]time.Duration{},
 	}

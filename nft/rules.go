@@ -78,6 +78,9 @@ const (
 	// roleDynamic: filled by the kernel from the packet path (sources part-
 	// way through a knock, per-source knock rate). Kept if it fits.
 	roleDynamic
+	// roleRotation: a rotating door's knocks valid now, filled by Install
+	// and Rotate from what the daemon last said (rotate.go).
+	roleRotation
 )
 
 // setSpec is one named set of the table.
@@ -164,6 +167,11 @@ func planSets(cfg *config.Config) []setSpec {
 					comment: "door " + d.Name + ": " + f.name + " sources let in by a knock"})
 			}
 		}
+		if d.IsRotating() {
+			for _, s := range rotationSets(&d) {
+				add(s)
+			}
+		}
 		for _, f := range families {
 			if els := intervalElements(d.AlwaysAllow, f.v6); els != nil {
 				add(setSpec{name: allowSetName(d.Name, f.v6), door: d.Name, role: roleAllow, v6: f.v6, key: f.key, interval: true,
@@ -202,7 +210,7 @@ func hasSPA(cfg *config.Config) bool {
 
 func hasKnocks(cfg *config.Config) bool {
 	for _, d := range cfg.Doors {
-		if len(d.Sequence) > 0 || len(d.CloseSequence) > 0 {
+		if len(d.Sequence) > 0 || len(d.CloseSequence) > 0 || d.IsRotating() {
 			return true
 		}
 	}
@@ -375,14 +383,8 @@ func planRules(cfg *config.Config, sets []setSpec) []ruleSpec {
 
 	for _, k := range planKnocks(cfg) {
 		for _, f := range families {
-			name := pick(f.v6, rateV4, rateV6)
 			rules = append(rules, ruleSpec{
-				exprs: concat(matchStep(k.step, f.v6), saddr(f.v6), []expr.Any{
-					&expr.Dynset{
-						SrcRegKey: 1, SetName: name, SetID: setID[name], Operation: uint32(unix.NFT_DYNSET_OP_ADD),
-						Exprs: []expr.Any{&expr.Limit{Type: expr.LimitTypePkts, Rate: knockRate, Over: true, Unit: expr.LimitTimeSecond, Burst: knockBurst}},
-					},
-				}, counterVerdict(expr.VerdictDrop)),
+				exprs:   overRate(matchStep(k.step, f.v6), f.v6, setID),
 				comment: fmt.Sprintf("knock %s: a source knocking over %d a second is not heard", k.step, knockRate),
 			})
 		}
@@ -397,6 +399,12 @@ func planRules(cfg *config.Config, sets []setSpec) []ruleSpec {
 		}
 	}
 
+	for i := range cfg.Doors {
+		if d := &cfg.Doors[i]; d.IsRotating() {
+			rules = append(rules, rotatingRules(cfg, d, setID)...)
+		}
+	}
+
 	// SPA doors: the same per-source rate limit, then the datagram is
 	// logged whole (the NFLOG copy range covers it: see knock/spa.Size) and
 	// dropped, so the port looks filtered and nothing ever answers.
@@ -406,24 +414,13 @@ func planRules(cfg *config.Config, sets []setSpec) []ruleSpec {
 		}
 		p := d.SPAPort
 		for _, f := range families {
-			name := pick(f.v6, rateV4, rateV6)
 			rules = append(rules, ruleSpec{
-				exprs: concat(matchPort(p), saddr(f.v6), []expr.Any{
-					&expr.Dynset{
-						SrcRegKey: 1, SetName: name, SetID: setID[name], Operation: uint32(unix.NFT_DYNSET_OP_ADD),
-						Exprs: []expr.Any{&expr.Limit{Type: expr.LimitTypePkts, Rate: knockRate, Over: true, Unit: expr.LimitTimeSecond, Burst: knockBurst}},
-					},
-				}, counterVerdict(expr.VerdictDrop)),
+				exprs:   overRate(matchPort(p), f.v6, setID),
 				comment: fmt.Sprintf("door %s: SPA port %s: a source sending over %d a second is not heard", d.Name, p, knockRate),
 			})
 		}
-		var when []expr.Any
-		if d.Interface != "" {
-			when = append(when, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(d.Interface)})
-		}
 		rules = append(rules, ruleSpec{
-			exprs: concat(matchPort(p), when, []expr.Any{
+			exprs: concat(matchPort(p), doorMatch(&d, p.Proto), []expr.Any{
 				&expr.Counter{},
 				&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: cfg.NFLOGGroup, Data: []byte(d.Name)},
 			}),
@@ -451,6 +448,11 @@ func planRules(cfg *config.Config, sets []setSpec) []ruleSpec {
 				}),
 				comment: "a knocking source tried another port: its knock is broken off",
 			})
+		}
+	}
+	for i := range cfg.Doors {
+		if d := &cfg.Doors[i]; d.IsRotating() {
+			rules = append(rules, rotatingRangeDrop(d))
 		}
 	}
 
@@ -557,14 +559,7 @@ func planKnocks(cfg *config.Config) []knockStep {
 // the knock itself.
 func knockRules(cfg *config.Config, step config.Port, u knockUse, setID map[string]uint32) []ruleSpec {
 	d := u.door
-	var when []expr.Any
-	if d.Interface != "" {
-		when = append(when, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(d.Interface)})
-	}
-	if step.Proto == config.TCP && d.TCPFlags.Mask != 0 {
-		when = append(when, matchTCPFlags(d.TCPFlags)...)
-	}
+	when := doorMatch(d, step.Proto)
 	var rules []ruleSpec
 	for _, f := range familiesOf(step) {
 		rules = append(rules, ruleSpec{
@@ -600,6 +595,33 @@ func knockRules(cfg *config.Config, step config.Port, u knockUse, setID map[stri
 		})
 	}
 	return rules
+}
+
+// overRate is "<match> add @knock_rate_v4 { ip saddr limit rate over
+// 10/second burst 20 packets } counter drop": the per-source knock rate
+// limit, for one family, on the packets match selects.
+func overRate(match []expr.Any, v6 bool, setID map[string]uint32) []expr.Any {
+	name := pick(v6, rateV4, rateV6)
+	return concat(match, saddr(v6), []expr.Any{
+		&expr.Dynset{
+			SrcRegKey: 1, SetName: name, SetID: setID[name], Operation: uint32(unix.NFT_DYNSET_OP_ADD),
+			Exprs: []expr.Any{&expr.Limit{Type: expr.LimitTypePkts, Rate: knockRate, Over: true, Unit: expr.LimitTimeSecond, Burst: knockBurst}},
+		},
+	}, counterVerdict(expr.VerdictDrop))
+}
+
+// doorMatch is what a door asks of a knock besides its port: that it came
+// in on the door's interface, and for TCP that its flags match tcp_flags.
+func doorMatch(d *config.Door, proto config.Proto) []expr.Any {
+	var when []expr.Any
+	if d.Interface != "" {
+		when = append(when, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(d.Interface)})
+	}
+	if proto == config.TCP && d.TCPFlags.Mask != 0 {
+		when = append(when, matchTCPFlags(d.TCPFlags)...)
+	}
+	return when
 }
 
 // familiesOf lists the families a step needs rules for: a TCP or UDP

@@ -35,6 +35,8 @@ type firewall interface {
 	Grant(door string, addr netip.Addr, d time.Duration) error
 	Revoke(door string, addr netip.Addr) error
 	Prune(now time.Time)
+	Rotate(door string, seqs [][]config.Port) error
+	StillValid(door string, seqs [][]config.Port) ([]bool, error)
 }
 
 // server owns the tracker and the firewall: both are used only from the
@@ -56,6 +58,9 @@ type server struct {
 	// Per door: its one_time_sequences file, if any, and its hook runner.
 	oneTime []*config.OneTime
 	hooks   []*hookRunner
+	// rotors[d] keeps rotating door d's sequences (rotate.go); nil for
+	// other doors.
+	rotors []*rotor
 	// closing holds when each grant of a door with on_close ends, so the
 	// hook runs then. Access is the kernel's business; this only times a
 	// side effect.
@@ -80,7 +85,7 @@ type grant struct {
 }
 
 func newServer(log *zap.Logger, path string, cfg *config.Config, fw firewall) (*server, error) {
-	s := &server{log: log, path: path, fw: fw, now: time.Now, closing: map[grant]time.Time{}, spa: newSPAState()}
+	s := &server{log: log, path: path, fw: fw, now: time.Now, closing: map[grant]time.Time{}, spa: newSPAState(time.Now())}
 	if err := s.use(cfg); err != nil {
 		return nil, err
 	}
@@ -118,9 +123,11 @@ func (s *server) use(cfg *config.Config) error {
 		hooks[i] = newHookRunner(s.log, d.HookTimeout, maxHooksRunning)
 	}
 	doors[nft.ScanPrefix] = -1
-	s.cfg, s.oneTime, s.hooks = cfg, oneTime, hooks
+	rotors := s.newRotors(cfg, s.now())
+	s.cfg, s.oneTime, s.hooks, s.rotors = cfg, oneTime, hooks, rotors
 	s.doors.Store(&doors)
 	s.tracker = knock.NewTracker(cfg.Doors, cfg.MaxTracked, s.event)
+	s.applyRotors()
 	return nil
 }
 
@@ -190,6 +197,18 @@ func run(ctx context.Context, log *zap.Logger, path string, reload <-chan struct
 func (s *server) loop(ctx context.Context, packets <-chan knock.Packet, reload <-chan struct{}, readErr <-chan error) error {
 	sweep := time.NewTicker(sweepEvery)
 	defer sweep.Stop()
+	// turn fires when the next window of a rotating door begins.
+	turn := time.NewTimer(time.Hour)
+	defer turn.Stop()
+	armTurn := func() {
+		now := s.now()
+		if next, ok := s.nextTurn(now); ok {
+			turn.Reset(next.Sub(now))
+		} else {
+			turn.Stop()
+		}
+	}
+	armTurn()
 	watchdog, stopWatchdog := s.notify.watchdogTicker()
 	defer stopWatchdog()
 	for {
@@ -202,6 +221,9 @@ func (s *server) loop(ctx context.Context, packets <-chan knock.Packet, reload <
 			s.spaOpen(g)
 		case <-sweep.C:
 			s.housekeep(s.now())
+		case <-turn.C:
+			s.rotate(s.now())
+			armTurn()
 		case <-watchdog:
 			s.notify.ping()
 		case <-s.healer.C():
@@ -209,6 +231,7 @@ func (s *server) loop(ctx context.Context, packets <-chan knock.Packet, reload <
 		case <-reload:
 			s.notify.reloading()
 			s.reload()
+			armTurn()
 			s.notify.ready(s.status())
 		case err := <-readErr:
 			if err == nil {
@@ -251,13 +274,14 @@ func (s *server) packet(p *knock.Packet) {
 	// Sequence changes wait until Observe has returned: the tracker calls
 	// event from inside Observe and must not be changed under itself.
 	for _, c := range s.pendingSeqs {
-		s.tracker.SetSequence(c.door, c.seq)
+		s.tracker.SetSequence(c.door, c.slot, c.seq)
 	}
 	s.pendingSeqs = s.pendingSeqs[:0]
 }
 
 // housekeep runs every sweepEvery on the loop goroutine.
 func (s *server) housekeep(now time.Time) {
+	s.rotate(now) // in case the wall clock stepped since the timer was set
 	s.tracker.Sweep(now)
 	s.spaSummary()
 	s.spa.replay.Prune(now)
@@ -314,6 +338,9 @@ func (s *server) event(e knock.Event) {
 		}
 		s.log.Log(lvl, what+" timed out", door, src, zap.Int("after_steps", e.Step), zap.Duration("seq_timeout", d.SeqTimeout))
 	case knock.EventOpen:
+		if s.rotors[e.Door] != nil && !s.useRotation(e.Door, e.Slot) {
+			return
+		}
 		s.open(e.Door, e.Src)
 	case knock.EventClose:
 		s.close(e.Door, e.Src)
@@ -404,12 +431,12 @@ func (s *server) setSequence(i int, seq []config.Port) {
 	if err := s.fw.Install(s.cfg); err != nil {
 		s.log.Error("knock rules not updated for the next one-time sequence", zap.String("door", s.cfg.Doors[i].Name), zap.Error(err))
 	}
-	s.pendingSeqs = append(s.pendingSeqs, seqChange{i, seq})
+	s.pendingSeqs = append(s.pendingSeqs, seqChange{door: i, seq: seq})
 }
 
 type seqChange struct {
-	door int
-	seq  []config.Port
+	door, slot int
+	seq        []config.Port
 }
 
 func (s *server) runHook(event, door string, src netip.Addr) {

@@ -20,9 +20,11 @@ import (
 // fakeFirewall records what the server asks of the firewall. The real one
 // is exercised by the nft package's kernel tests and by integration/.
 type fakeFirewall struct {
-	installs []*config.Config
-	grants   []string
-	grantErr error
+	installs  []*config.Config
+	rotations []string
+	noneValid bool
+	grants    []string
+	grantErr  error
 }
 
 func (f *fakeFirewall) Install(cfg *config.Config) error {
@@ -44,6 +46,21 @@ func (f *fakeFirewall) Revoke(door string, addr netip.Addr) error {
 }
 
 func (f *fakeFirewall) Prune(time.Time) {}
+
+func (f *fakeFirewall) Rotate(door string, seqs [][]config.Port) error {
+	f.rotations = append(f.rotations, fmt.Sprintf("%s %v", door, seqs))
+	return nil
+}
+
+// StillValid answers as the kernel's sets would after a clean stop: both
+// sequences unused, unless the test says otherwise.
+func (f *fakeFirewall) StillValid(door string, seqs [][]config.Port) ([]bool, error) {
+	v := make([]bool, len(seqs))
+	for i := range v {
+		v[i] = !f.noneValid
+	}
+	return v, nil
+}
 
 func testServer(t *testing.T, toml string) (*server, *fakeFirewall, *observer.ObservedLogs, string) {
 	t.Helper()

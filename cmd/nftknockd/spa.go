@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,7 @@ const (
 	spaStale
 	spaWrongDoor
 	spaReplay
+	spaBeforeStart
 	spaBusy
 	spaRequestedRefused
 	spaQueueFull
@@ -46,6 +48,7 @@ var spaReasonText = [numSPAReasons]string{
 	spaStale:            "stale (timestamp outside spa_max_age)",
 	spaWrongDoor:        "sealed for another door",
 	spaReplay:           "replay",
+	spaBeforeStart:      "sealed before the daemon started (a replay cannot be ruled out)",
 	spaBusy:             "replay cache full",
 	spaRequestedRefused: "requested address not allowed (spa_allow_requested = false)",
 	spaQueueFull:        "dropped: the daemon fell behind",
@@ -67,11 +70,15 @@ func spaReasonOf(err error) spaReason {
 		return spaWrongDoor
 	case spa.ErrReplay:
 		return spaReplay
+	case errBeforeStart:
+		return spaBeforeStart
 	case spa.ErrBusy:
 		return spaBusy
 	}
 	return spaNotAuthentic
 }
+
+var errBeforeStart = errors.New("spa: sealed before the daemon started")
 
 // spaDoor is what the reader goroutine needs of an SPA door.
 type spaDoor struct {
@@ -92,8 +99,14 @@ type spaGrant struct {
 // on every reload; the replay cache outlives reloads, or a reload would
 // let a datagram seen before it through again.
 type spaState struct {
-	doors   atomic.Pointer[map[string]*spaDoor]
-	replay  *spa.Replay
+	doors  atomic.Pointer[map[string]*spaDoor]
+	replay *spa.Replay
+	// started is when the replay cache began, empty: a request sealed
+	// before then may have been used with a daemon that ran before, which
+	// the cache cannot know, so it is refused (fail closed). Clients
+	// seal afresh each time, so only a replay, or a client whose clock is
+	// behind, in the spa_max_age after a start, meets this.
+	started time.Time
 	grants  chan spaGrant
 	rejects [numSPAReasons]atomic.Uint64
 	// lines counts the rejection lines logged since the last housekeep,
@@ -108,8 +121,8 @@ type spaState struct {
 // reader goroutine. The rest are counted and summed up once a second.
 const spaLinesPerSweep = 10
 
-func newSPAState() *spaState {
-	return &spaState{replay: spa.NewReplay(spa.DefaultReplayCap), grants: make(chan spaGrant, 64)}
+func newSPAState(now time.Time) *spaState {
+	return &spaState{replay: spa.NewReplay(spa.DefaultReplayCap), grants: make(chan spaGrant, 64), started: now}
 }
 
 // load derives the keys of cfg's SPA doors.
@@ -150,6 +163,9 @@ func (s *server) forwardSPA(lg knock.Logged, now time.Time) bool {
 		return true
 	}
 	req, err := spa.Open(d.key, d.name, payload, now, d.maxAge)
+	if err == nil && req.Time.Before(st.started) {
+		err = errBeforeStart
+	}
 	if err == nil {
 		err = st.replay.Check(&req, now, d.maxAge)
 	}
@@ -222,5 +238,5 @@ func (s *server) spaRejectCounts() []zap.Field {
 
 func spaReasonKey(r spaReason) string {
 	return [numSPAReasons]string{"truncated", "oversized", "not_spa", "not_authentic", "malformed", "stale",
-		"wrong_door", "replay", "busy", "requested_refused", "queue_full"}[r]
+		"wrong_door", "replay", "before_start", "busy", "requested_refused", "queue_full"}[r]
 }
