@@ -66,7 +66,7 @@ test: deps vet unit integration
 # Benchmarks: the packet path (parse + tracker step) and the end-to-end
 # knock-to-open latency in namespaces (root).
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./knock/ ./nft/
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./knock/... ./nft/
 	$(GO) test -run '^$$' -bench KnockToOpen -benchtime 60x -count 5 ./integration/ -args -race-daemon=false
 	$(MAKE) --no-print-directory bench-flood
 

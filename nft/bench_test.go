@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+
+	"github.com/nftknock/nftknock/config"
 )
 
 // BenchmarkGrant measures Grant against the kernel of a scratch namespace,
@@ -66,5 +68,23 @@ func BenchmarkGrantSocketPerOp(b *testing.B) {
 		if err := c.Flush(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkRotate is a window turn of a rotating door: both port sets
+// flushed and refilled in one batch.
+func BenchmarkRotate(b *testing.B) {
+	ns := newNetns(b)
+	f := ns.open(b, "nftknock")
+	if err := f.Install(doorsConfig()); err != nil {
+		b.Fatal(err)
+	}
+	seqs := [][][]config.Port{rotSeqs, {rotSeqs[1], {tcp(33000), tcp(34000), tcp(35000)}}}
+	i := 0
+	for b.Loop() {
+		if err := f.Rotate("rot", seqs[i%2]); err != nil {
+			b.Fatal(err)
+		}
+		i++
 	}
 }

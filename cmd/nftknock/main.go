@@ -5,6 +5,7 @@
 //	nftknock grant -door DOOR -for DURATION [-table NAME | -config FILE] ADDRESS
 //	nftknock revoke -door DOOR [-table NAME | -config FILE] ADDRESS
 //	nftknock migrate KNOCKD_CONF
+//	nftknock knock [-u] [-d MS] [-4|-6] [-v] HOST PORT[:tcp|udp|icmp]...
 //	nftknock keygen
 //	nftknock spa -door NAME -key-file FILE [-allow ADDRESS] [-p PORT] HOST
 //	nftknock help [COMMAND]
@@ -67,7 +68,9 @@ type command struct {
 var commands []*command
 
 // Set in init: the commands' own code looks the table up for usage lines.
-func init() { commands = []*command{statusCmd, grantCmd, revokeCmd, migrateCmd, keygenCmd, spaCmd} }
+func init() {
+	commands = []*command{statusCmd, grantCmd, revokeCmd, migrateCmd, knockCmd, keygenCmd, spaCmd}
+}
 
 func lookup(name string) *command {
 	for _, c := range commands {
