@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,7 +18,7 @@ import (
 
 // rotEvery is the test door's rotate_every: short, so that two windows
 // pass in seconds.
-const rotEvery = 3 * time.Second
+const rotEvery = 4 * time.Second
 
 func rotConfig(key string) string {
 	return fmt.Sprintf(`
@@ -76,8 +77,24 @@ func TestRotatingDoor(t *testing.T) {
 	l := newLab(t)
 	dir := t.TempDir()
 	keyPath, _ := writeKey(t, dir)
+	// Start early in a window, so that the checks at start see it.
+	for time.Until(rotate.Start(rotate.Window(time.Now(), rotEvery)+1, rotEvery)) < rotEvery/2 {
+		time.Sleep(50 * time.Millisecond)
+	}
 	started := rotate.Window(time.Now(), rotEvery)
-	d := startDaemon(t, l, writeConfig(t, filepath.Join(dir, "nftknock.toml"), rotConfig(keyPath)))
+	cfgPath := writeConfig(t, filepath.Join(dir, "nftknock.toml"), rotConfig(keyPath))
+	// Not startDaemon: this daemon is restarted part-way.
+	first, err := l.StartDaemon(daemonBin, cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("first nftknockd log:\n%s", first.Log())
+		}
+		first.Kill()
+	})
+	d, parent := first, t
 	bin := nftknockBin(t)
 	knockArgs := []string{bin, "knock", "-door", "rot", "-key-file", keyPath, "-every", rotEvery.String(), "-v"}
 
@@ -100,7 +117,7 @@ func TestRotatingDoor(t *testing.T) {
 	mustFiltered(t, l, lab.ClientV4, netip.AddrPortFrom(lab.ServerV4, 20000))
 
 	var captured []string
-	var capturedAt time.Time
+	var capturedAt, restartedAt time.Time
 	t.Run("client opens v4", func(t *testing.T) {
 		mustFiltered(t, l, lab.ClientV4, ssh4)
 		capturedAt = time.Now()
@@ -124,7 +141,26 @@ func TestRotatingDoor(t *testing.T) {
 		t.FailNow()
 	}
 
+	t.Run("a reload and a restart keep the sequence used up", func(t *testing.T) {
+		m := markLog(d)
+		if err := d.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		m.wait(t, 2*time.Second, "reloaded")
+		if err := d.Stop(); err != nil {
+			t.Fatalf("nftknockd did not exit 0 on SIGTERM: %v", err)
+		}
+		restartedAt = time.Now()
+		d = startDaemon(parent, l, cfgPath) // runs to the end of the test
+		// The new daemon read the kernel's sets, where the captured
+		// sequence is missing: the next test shows it counts as used.
+		logMark{d, 0}.wait(t, time.Second, "rotating door", `"door": "rot"`)
+	})
+
 	t.Run("replay in the same window from another source opens nothing", func(t *testing.T) {
+		if end := rotate.Start(rotate.ClientWindow(capturedAt, rotEvery)+2, rotEvery); time.Now().After(end) {
+			t.Fatalf("the captured window ended at %v, before the replay: it would prove nothing (a slow machine?)", end)
+		}
 		// The stock client, from the second address: the route's source
 		// address is switched for the replay.
 		m := markLog(d)
@@ -148,7 +184,9 @@ func TestRotatingDoor(t *testing.T) {
 	})
 
 	t.Run("client opens v6 in the next window", func(t *testing.T) {
-		waitClientWindow(rotate.ClientWindow(capturedAt, rotEvery))
+		// A window that began while no daemon ran counts as used (the
+		// restart may have crossed a window's start): the next one opens.
+		waitClientWindow(max(rotate.ClientWindow(capturedAt, rotEvery), rotate.Window(restartedAt, rotEvery)))
 		mustFiltered(t, l, lab.ClientV6, ssh6)
 		runClient(t, l, append(knockArgs, "-6", lab.ServerV6.String())...)
 		mustOpen(t, l, lab.ClientV6, ssh6)
