@@ -206,6 +206,10 @@ func FuzzParse(f *testing.F) {
 	f.Add(DefaultTOML())
 	f.Add([]byte(minimal))
 	f.Add([]byte("[[door]]\nname=\"a\"\nsequence=[\"1:udp\",\"2\"]\nseq_timeout=\"1ms\"\nopen=[\"3\"]\nopen_for=\"1s\"\n[[door]]\n"))
+	// A rotating door and an SPA door (their key files do not exist: the
+	// fuzzer explores the other keys' validation around them).
+	f.Add([]byte("[[door]]\nname=\"r\"\nsequence_key_file=\"/nonexistent/r.key\"\nsequence_length=3\nsequence_ports=\"1000-1999:udp\"\nrotate_every=\"2s\"\nseq_timeout=\"1s\"\nopen=[\"22\"]\nopen_for=\"1s\"\n" +
+		"[[door]]\nname=\"s\"\nspa_port=\"62201:udp\"\nkey_file=\"/nonexistent/s.key\"\nopen=[\"23\"]\nopen_for=\"1s\"\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := Parse("fuzz.toml", data)
 		if err != nil {
