@@ -39,22 +39,27 @@ const (
 	maxHookTimeout = 10 * time.Minute
 	maxSPAMaxAge   = time.Hour
 
-	// A rotating door's sequence: 2-16 knocks drawn from at least
-	// minRotatingPorts ports, worth at least minRotatingBits bits (a blind
-	// guess succeeds less than once in 2^32 tries), rotating at most every
-	// minRotateEvery (a client needs time to send it).
-	minRotatingLength = 2
-	maxRotatingLength = 16
-	minRotatingPorts  = 256
-	minRotatingBits   = 32
-	minRotateEvery    = time.Second
-	maxRotateEvery    = 24 * time.Hour
+	// A rotating door's sequence is drawn from at least minRotatingPorts
+	// ports and worth at least minRotatingBits bits: a blind guess
+	// succeeds less than once in 2^32 tries.
+	minRotatingPorts = 256
+	minRotatingBits  = 32
+	maxRotateEvery   = 24 * time.Hour
 
 	defaultHookTimeout = 10 * time.Second
 )
 
 // DefaultSPAMaxAge is an SPA door's spa_max_age when the file gives none.
 const DefaultSPAMaxAge = 30 * time.Second
+
+// Limits on a rotating door's sequence_length and rotate_every (a client
+// needs time to send the sequence), which the client (nftknock knock
+// -door) checks too.
+const (
+	MinRotatingLength = 2
+	MaxRotatingLength = 16
+	MinRotateEvery    = time.Second
+)
 
 // A rotating door's parameters when the file gives none. The client
 // (nftknock knock -door) has the same defaults, so a door that keeps them
@@ -435,8 +440,8 @@ func (v *validator) rotating(i int, label string, raw *rawDoor, d *Door) {
 	d.SequenceKey = v.keyFile(i, label, "sequence_key_file", raw.SeqKeyFile)
 	d.SequenceLength = DefaultSequenceLength
 	if raw.SeqLength != nil {
-		if n := *raw.SeqLength; n < minRotatingLength || n > maxRotatingLength {
-			v.add(i, label, "sequence_length", "%d is out of range %d-%d", n, minRotatingLength, maxRotatingLength)
+		if n := *raw.SeqLength; n < MinRotatingLength || n > MaxRotatingLength {
+			v.add(i, label, "sequence_length", "%d is out of range %d-%d", n, MinRotatingLength, MaxRotatingLength)
 		} else {
 			d.SequenceLength = int(n)
 		}
@@ -447,22 +452,23 @@ func (v *validator) rotating(i int, label string, raw *rawDoor, d *Door) {
 	}
 	p, err := ParsePort(ports)
 	size := int(p.End()) - int(p.Num) + 1
+	bits := float64(d.SequenceLength) * math.Log2(float64(size))
 	switch {
 	case err != nil:
 		v.add(i, label, "sequence_ports", "%v", err)
 	case size < minRotatingPorts:
 		v.add(i, label, "sequence_ports", "%q holds %d ports: give a range of at least %d, e.g. %q", ports, size, minRotatingPorts, DefaultSequencePorts)
-	case float64(d.SequenceLength)*math.Log2(float64(size)) < minRotatingBits:
+	case bits < minRotatingBits:
 		v.add(i, label, "sequence_ports", "%d knocks over %d ports are worth %.0f bits: a blind guess would succeed about once in 2^%.0f tries; make sequence_length or the range larger (at least %d bits)",
-			d.SequenceLength, size, float64(d.SequenceLength)*math.Log2(float64(size)), float64(d.SequenceLength)*math.Log2(float64(size)), minRotatingBits)
+			d.SequenceLength, size, bits, bits, minRotatingBits)
 	default:
 		d.SequencePorts = p
 	}
 	d.RotateEvery = DefaultRotateEvery
 	if raw.RotateEvery != "" {
 		if e := v.duration(i, label, "rotate_every", raw.RotateEvery, maxRotateEvery); e != 0 {
-			if e < minRotateEvery {
-				v.add(i, label, "rotate_every", "%q is shorter than %s: a client needs time to send the sequence", raw.RotateEvery, minRotateEvery)
+			if e < MinRotateEvery {
+				v.add(i, label, "rotate_every", "%q is shorter than %s: a client needs time to send the sequence", raw.RotateEvery, MinRotateEvery)
 			} else {
 				d.RotateEvery = e
 			}

@@ -41,10 +41,10 @@ func (f *rotatingFlags) steps(now time.Time) ([]config.Port, error) {
 		return nil, usageError("-key-file needs -door NAME")
 	case f.keyFile == "":
 		return nil, usageError("-door needs -key-file FILE (the door's sequence_key_file)")
-	case f.length < 1 || f.length > 16:
-		return nil, usageError(fmt.Sprintf("-length %d: a rotating door's sequence_length is 2-16", f.length))
-	case f.every < time.Second:
-		return nil, usageError(fmt.Sprintf("-every %s: a rotating door's rotate_every is at least 1s", f.every))
+	case f.length < config.MinRotatingLength || f.length > config.MaxRotatingLength:
+		return nil, usageError(fmt.Sprintf("-length %d: a rotating door's sequence_length is %d-%d", f.length, config.MinRotatingLength, config.MaxRotatingLength))
+	case f.every < config.MinRotateEvery:
+		return nil, usageError(fmt.Sprintf("-every %s: a rotating door's rotate_every is at least %s", f.every, config.MinRotateEvery))
 	}
 	ports, err := config.ParsePort(f.ports)
 	if err != nil {

@@ -28,10 +28,10 @@ type rotor struct {
 	newest uint64
 }
 
+// rotSlot is one window's sequence; an empty slot has no seq.
 type rotSlot struct {
 	window uint64
 	seq    []config.Port
-	filled bool
 	used   bool // opened the door once, or may have before a restart
 }
 
@@ -43,7 +43,7 @@ func (r *rotor) live() [][]config.Port {
 	}
 	var seqs [][]config.Port
 	for _, sl := range []rotSlot{a, b} {
-		if sl.filled && !sl.used {
+		if sl.seq != nil && !sl.used {
 			seqs = append(seqs, sl.seq)
 		}
 	}
@@ -79,7 +79,7 @@ func (s *server) newRotors(cfg *config.Config, now time.Time) []*rotor {
 		seqs := make([][]config.Port, len(wins))
 		for j, win := range wins {
 			seqs[j] = r.derive.Sequence(win)
-			r.slots[win%2] = rotSlot{window: win, seq: seqs[j], filled: true}
+			r.slots[win%2] = rotSlot{window: win, seq: seqs[j]}
 		}
 		r.newest = w
 		valid, err := s.fw.StillValid(d.Name, seqs)
@@ -132,10 +132,10 @@ func (s *server) rotate(now time.Time) {
 		changed := false
 		for _, win := range []uint64{w - 1, w} {
 			sl := &r.slots[win%2]
-			if win > w || (sl.filled && sl.window == win) {
+			if win > w || (sl.seq != nil && sl.window == win) {
 				continue
 			}
-			*sl = rotSlot{window: win, seq: r.derive.Sequence(win), filled: true, used: win <= r.newest}
+			*sl = rotSlot{window: win, seq: r.derive.Sequence(win), used: win <= r.newest}
 			s.tracker.SetSequence(r.door, int(win%2), r.trackerSeq(int(win%2)))
 			changed = true
 		}
