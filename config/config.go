@@ -303,27 +303,15 @@ func (v *validator) door(i int, raw *rawDoor) Door {
 	if spa {
 		v.spa(i, label, raw, &d)
 	} else {
-		for _, f := range []struct {
-			name string
-			set  bool
-		}{{"key_file", raw.KeyFile != ""}, {"spa_max_age", raw.SPAMaxAge != ""}, {"spa_allow_requested", raw.SPAAllowReq}} {
-			if f.set {
-				v.add(i, label, f.name, "only an SPA door (one with spa_port) has %s", f.name)
-			}
-		}
+		v.refuse(i, label, "only an SPA door (one with spa_port) has %s",
+			given{"key_file", raw.KeyFile != ""}, given{"spa_max_age", raw.SPAMaxAge != ""}, given{"spa_allow_requested", raw.SPAAllowReq})
 	}
 	rotating := raw.SeqKeyFile != ""
 	if rotating {
 		v.rotating(i, label, raw, &d)
 	} else {
-		for _, f := range []struct {
-			name string
-			set  bool
-		}{{"sequence_length", raw.SeqLength != nil}, {"sequence_ports", raw.SeqPorts != ""}, {"rotate_every", raw.RotateEvery != ""}} {
-			if f.set {
-				v.add(i, label, f.name, "only a rotating door (one with sequence_key_file) has %s", f.name)
-			}
-		}
+		v.refuse(i, label, "only a rotating door (one with sequence_key_file) has %s",
+			given{"sequence_length", raw.SeqLength != nil}, given{"sequence_ports", raw.SeqPorts != ""}, given{"rotate_every", raw.RotateEvery != ""})
 	}
 	switch {
 	case spa && rotating:
@@ -394,14 +382,7 @@ func (v *validator) door(i int, raw *rawDoor) Door {
 // spa validates an SPA door's keys into d. A door is either a knock door
 // or an SPA door: a sequence as well is an error.
 func (v *validator) spa(i int, label string, raw *rawDoor, d *Door) {
-	for _, f := range []struct {
-		name string
-		set  bool
-	}{{"sequence", len(raw.Sequence) > 0}, {"one_time_sequences", raw.OneTime != ""}, {"close_sequence", raw.CloseSequence != nil}} {
-		if f.set {
-			v.add(i, label, f.name, "a door has either spa_port or %s, not both", f.name)
-		}
-	}
+	v.refuse(i, label, "a door has either spa_port or %s, not both", sequenceKeys(raw)...)
 	p, err := ParseKnock(raw.SPAPort)
 	switch {
 	case err != nil:
@@ -425,17 +406,31 @@ func (v *validator) spa(i int, label string, raw *rawDoor, d *Door) {
 	d.SPAAllowRequested = raw.SPAAllowReq
 }
 
+// given is whether a door key was set in the file.
+type given struct {
+	key string
+	set bool
+}
+
+// refuse reports each key of keys that was set, with format (whose %s is
+// the key): keys that do not go with the kind of door.
+func (v *validator) refuse(i int, label, format string, keys ...given) {
+	for _, k := range keys {
+		if k.set {
+			v.add(i, label, k.key, format, k.key)
+		}
+	}
+}
+
+// sequenceKeys are the keys of a door with a fixed sequence.
+func sequenceKeys(raw *rawDoor) []given {
+	return []given{{"sequence", len(raw.Sequence) > 0}, {"one_time_sequences", raw.OneTime != ""}, {"close_sequence", raw.CloseSequence != nil}}
+}
+
 // rotating validates a rotating door's keys into d. Its sequence is
 // derived, so a fixed one as well is an error.
 func (v *validator) rotating(i int, label string, raw *rawDoor, d *Door) {
-	for _, f := range []struct {
-		name string
-		set  bool
-	}{{"sequence", len(raw.Sequence) > 0}, {"one_time_sequences", raw.OneTime != ""}, {"close_sequence", raw.CloseSequence != nil}} {
-		if f.set {
-			v.add(i, label, f.name, "a rotating door (one with sequence_key_file) derives its sequence: remove %s", f.name)
-		}
-	}
+	v.refuse(i, label, "a rotating door (one with sequence_key_file) derives its sequence: remove %s", sequenceKeys(raw)...)
 	d.SequenceKeyFile = raw.SeqKeyFile
 	d.SequenceKey = v.keyFile(i, label, "sequence_key_file", raw.SeqKeyFile)
 	d.SequenceLength = DefaultSequenceLength

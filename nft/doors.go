@@ -49,21 +49,12 @@ func (f *Firewall) Table() string { return f.table.Name }
 // other names or shapes are not doors. The error wraps ErrNotInstalled when
 // the table does not exist.
 func (f *Firewall) Doors() ([]string, error) {
-	ok, err := f.Installed()
+	sets, ok, err := f.tableSets()
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
 		return nil, fmt.Errorf("table inet %s: %w", f.table.Name, ErrNotInstalled)
-	}
-	c, err := f.c()
-	if err != nil {
-		return nil, err
-	}
-	sets, err := c.GetSets(f.table)
-	if err != nil {
-		f.reset()
-		return nil, fmt.Errorf("list sets of table inet %s: %w", f.table.Name, err)
 	}
 	doors, anyone := doorsOf(sets)
 	if len(f.doors) == 0 {
@@ -72,6 +63,23 @@ func (f *Firewall) Doors() ([]string, error) {
 		f.anyone = anyone
 	}
 	return doors, nil
+}
+
+// tableSets lists the table's sets, read from the kernel; ok is false
+// (with no error) when the table does not exist.
+func (f *Firewall) tableSets() (sets []*nftables.Set, ok bool, err error) {
+	if ok, err = f.Installed(); err != nil || !ok {
+		return nil, false, err
+	}
+	c, err := f.c()
+	if err != nil {
+		return nil, false, err
+	}
+	if sets, err = c.GetSets(f.table); err != nil {
+		f.reset()
+		return nil, false, fmt.Errorf("list sets of table inet %s: %w", f.table.Name, err)
+	}
+	return sets, true, nil
 }
 
 // AnyoneDoor tells whether door is an open_to = "anyone" door, as the

@@ -108,18 +108,9 @@ func TestGoldenInstall(t *testing.T) {
 			}
 			got := renderMessages(k.sent)
 			path := filepath.Join("testdata", "install_"+tc.name+".golden")
-			if *update {
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run go test ./nft -run Golden -update to create it)", err)
-			}
-			if got != string(want) {
+			if want := golden(t, path, got); got != want {
 				t.Errorf("Install sent other messages than %s (if the change is intended, rerun with -update and review the diff):\n%s",
-					path, firstDiff(string(want), got))
+					path, firstDiff(want, got))
 			}
 		})
 	}
@@ -147,6 +138,15 @@ func TestGoldenGrant(t *testing.T) {
 	}
 	got := renderMessages(k.sent)
 	path := filepath.Join("testdata", "grant.golden")
+	if want := golden(t, path, got); got != want {
+		t.Errorf("Grant sent other messages than %s:\n%s", path, firstDiff(want, got))
+	}
+}
+
+// golden returns the contents of the golden file at path, after writing
+// got to it when the tests run with -update.
+func golden(t testing.TB, path, got string) string {
+	t.Helper()
 	if *update {
 		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
 			t.Fatal(err)
@@ -154,11 +154,9 @@ func TestGoldenGrant(t *testing.T) {
 	}
 	want, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v (run go test ./nft -run 'Golden|KernelInstallRuleset' -update to create it)", err)
 	}
-	if got != string(want) {
-		t.Errorf("Grant sent other messages than %s:\n%s", path, firstDiff(string(want), got))
-	}
+	return string(want)
 }
 
 // renderMessages writes messages as commented hex dumps, one block per

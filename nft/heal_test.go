@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -310,17 +309,8 @@ func TestGoldenRestore(t *testing.T) {
 	}
 	got := renderMessages(own)
 	path := filepath.Join("testdata", "restore.golden")
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != string(want) {
-		t.Errorf("restoring Install sent other messages than %s:\n%s", path, firstDiff(string(want), got))
+	if want := golden(t, path, got); got != want {
+		t.Errorf("restoring Install sent other messages than %s:\n%s", path, firstDiff(want, got))
 	}
 	// One batch: begin, the ruleset, then the elements, then end.
 	if len(batch) < 3 || batch[0].Header.Type != netlink.HeaderType(unix.NFNL_MSG_BATCH_BEGIN) ||

@@ -97,21 +97,13 @@ func TestKernelInstallRuleset(t *testing.T) {
 			got := ns.nft(t, "list", "table", "inet", "nftknock")
 
 			path := filepath.Join("testdata", tc.name+".nft")
-			if *update {
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if trimLines(got) != trimLines(string(want)) {
-				t.Fatalf("nft list table after Install differs from %s:\n%s", path, firstDiff(trimLines(string(want)), trimLines(got)))
+			want := golden(t, path, got)
+			if trimLines(got) != trimLines(want) {
+				t.Fatalf("nft list table after Install differs from %s:\n%s", path, firstDiff(trimLines(want), trimLines(got)))
 			}
 
 			ref := newNetns(t)
-			ref.nftInput(t, string(want))
+			ref.nftInput(t, want)
 			wantCode := ref.nft(t, "--debug=netlink", "list", "table", "inet", "nftknock")
 			gotCode := ns.nft(t, "--debug=netlink", "list", "table", "inet", "nftknock")
 			if gotCode != wantCode {

@@ -185,18 +185,9 @@ func (f *Firewall) StillValid(door string, seqs [][]config.Port) ([]bool, error)
 	names := []string{FirstSetName(door), NextSetName(door)}
 	// v0.3.0 flattens netlink errors to text, so a missing set is found
 	// by listing, not by its ENOENT.
-	ok, err := f.Installed()
+	sets, ok, err := f.tableSets()
 	if err != nil || !ok {
 		return valid, err
-	}
-	c, err := f.c()
-	if err != nil {
-		return valid, err
-	}
-	sets, err := c.GetSets(f.table)
-	if err != nil {
-		f.reset()
-		return valid, fmt.Errorf("list sets: %w", err)
 	}
 	for _, name := range names {
 		if !slices.ContainsFunc(sets, func(s *nftables.Set) bool { return s.Name == name }) {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -70,15 +69,13 @@ func spaReasonOf(err error) spaReason {
 		return spaWrongDoor
 	case spa.ErrReplay:
 		return spaReplay
-	case errBeforeStart:
+	case spa.ErrBeforeStart:
 		return spaBeforeStart
 	case spa.ErrBusy:
 		return spaBusy
 	}
 	return spaNotAuthentic
 }
-
-var errBeforeStart = errors.New("spa: sealed before the daemon started")
 
 // spaDoor is what the reader goroutine needs of an SPA door.
 type spaDoor struct {
@@ -99,14 +96,12 @@ type spaGrant struct {
 // on every reload; the replay cache outlives reloads, or a reload would
 // let a datagram seen before it through again.
 type spaState struct {
-	doors  atomic.Pointer[map[string]*spaDoor]
-	replay *spa.Replay
-	// started is when the replay cache began, empty: a request sealed
-	// before then may have been used with a daemon that ran before, which
-	// the cache cannot know, so it is refused (fail closed). Clients
+	doors atomic.Pointer[map[string]*spaDoor]
+	// replay begins empty at the daemon's start, and refuses what was
+	// sealed before (a daemon that ran then may have taken it). Clients
 	// seal afresh each time, so only a replay, or a client whose clock is
 	// behind, in the spa_max_age after a start, meets this.
-	started time.Time
+	replay  *spa.Replay
 	grants  chan spaGrant
 	rejects [numSPAReasons]atomic.Uint64
 	// lines counts the rejection lines logged since the last housekeep,
@@ -122,7 +117,7 @@ type spaState struct {
 const spaLinesPerSweep = 10
 
 func newSPAState(now time.Time) *spaState {
-	return &spaState{replay: spa.NewReplay(spa.DefaultReplayCap), grants: make(chan spaGrant, 64), started: now}
+	return &spaState{replay: spa.NewReplay(spa.DefaultReplayCap, now), grants: make(chan spaGrant, 64)}
 }
 
 // load derives the keys of cfg's SPA doors.
@@ -163,9 +158,6 @@ func (s *server) forwardSPA(lg knock.Logged, now time.Time) bool {
 		return true
 	}
 	req, err := spa.Open(d.key, d.name, payload, now, d.maxAge)
-	if err == nil && req.Time.Before(st.started) {
-		err = errBeforeStart
-	}
 	if err == nil {
 		err = st.replay.Check(&req, now, d.maxAge)
 	}

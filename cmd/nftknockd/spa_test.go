@@ -29,6 +29,7 @@ func TestSPARefusesRequestsSealedBeforeStart(t *testing.T) {
 	if err := os.WriteFile(keyPath, []byte(keyText), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	before := time.Now() // the server, and its replay cache, begin after this
 	s, _, logs, _ := testServer(t, `
 [[door]]
 name = "spa"
@@ -45,12 +46,12 @@ open_for = "30s"
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := s.spa.started
+	start := time.Now()
 	for _, c := range []struct {
 		sealed time.Time
 		grant  bool
 	}{
-		{start.Add(-time.Second), false}, // within spa_max_age, but before the start
+		{before, false}, // within spa_max_age, but before the start
 		{start.Add(time.Second), true},
 	} {
 		d, err := spa.Seal(k, "spa", netip.Addr{}, c.sealed)

@@ -24,8 +24,12 @@ const DefaultReplayCap = 65536
 // key; a key holder who does so locks out only doors until the window
 // passes, never opens one. Safe for concurrent use.
 type Replay struct {
-	mu   sync.Mutex
-	cap  int
+	mu  sync.Mutex
+	cap int
+	// born is when the cache began, empty: it cannot tell whether a
+	// request sealed before then was used already (by a daemon that ran
+	// before), so it refuses it (ErrBeforeStart).
+	born int64 // unix nanos
 	seen map[[16]byte]struct{}
 	exp  expiries
 }
@@ -49,20 +53,24 @@ func (e *expiries) Pop() any {
 }
 
 // NewReplay returns a cache of at most limit live ids (DefaultReplayCap if
-// limit <= 0).
-func NewReplay(limit int) *Replay {
+// limit <= 0) that begins at now: requests sealed earlier are refused.
+func NewReplay(limit int, now time.Time) *Replay {
 	if limit <= 0 {
 		limit = DefaultReplayCap
 	}
-	return &Replay{cap: limit, seen: map[[16]byte]struct{}{}}
+	return &Replay{cap: limit, born: now.UnixNano(), seen: map[[16]byte]struct{}{}}
 }
 
-// Check records r's id and reports nil, or ErrReplay if the id is already
-// recorded, or ErrBusy if the cache is full. maxAge is the door's age
-// window: the id is kept until r.Time+maxAge.
+// Check records r's id and reports nil, or ErrBeforeStart if r was sealed
+// before the cache began, ErrReplay if the id is already recorded, or
+// ErrBusy if the cache is full. maxAge is the door's age window: the id is
+// kept until r.Time+maxAge.
 func (c *Replay) Check(r *Request, now time.Time, maxAge time.Duration) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if r.Time.UnixNano() < c.born {
+		return ErrBeforeStart
+	}
 	c.prune(now)
 	if _, ok := c.seen[r.ID]; ok {
 		return ErrReplay

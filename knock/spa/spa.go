@@ -75,7 +75,10 @@ var (
 	ErrStale     = errors.New("spa: timestamp outside the allowed age")
 	ErrWrongDoor = errors.New("spa: sealed for another door")
 	ErrReplay    = errors.New("spa: replayed request")
-	ErrBusy      = errors.New("spa: replay cache full")
+	// ErrBeforeStart: sealed before the replay cache began (a restart),
+	// so a replay cannot be ruled out.
+	ErrBeforeStart = errors.New("spa: sealed before the daemon started")
+	ErrBusy        = errors.New("spa: replay cache full")
 )
 
 // Key is a door's SPA key, ready to seal and open. It is safe for

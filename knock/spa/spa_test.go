@@ -95,7 +95,11 @@ func TestRejections(t *testing.T) {
 func TestReplay(t *testing.T) {
 	k := testKey(t, 1)
 	const age = 30 * time.Second
-	c := NewReplay(2)
+	c := NewReplay(2, t0)
+	r0, _ := Open(k, "ssh", seal(t, k, "ssh", netip.Addr{}, t0.Add(-time.Millisecond)), t0, age)
+	if err := c.Check(&r0, t0, age); !errors.Is(err, ErrBeforeStart) {
+		t.Fatalf("sealed before the cache began: %v, want ErrBeforeStart", err)
+	}
 	r1, _ := Open(k, "ssh", seal(t, k, "ssh", netip.Addr{}, t0), t0, age)
 	r2, _ := Open(k, "ssh", seal(t, k, "ssh", netip.Addr{}, t0.Add(time.Second)), t0, age)
 	r3, _ := Open(k, "ssh", seal(t, k, "ssh", netip.Addr{}, t0.Add(2*time.Second)), t0, age)
