@@ -116,30 +116,38 @@ func TestGoldenInstall(t *testing.T) {
 	}
 }
 
-// TestGoldenGrant pins the two batches of a refresh: {delete, add}, and the
-// {add} of a first grant.
+// TestGoldenGrant pins, for each grant mode, the batches of a first grant
+// and of a grant again while the element is live: in the update mode one
+// NEWSETELEM with timeout and expiration both times; in the destroy mode
+// {DESTROYSETELEM, NEWSETELEM} both times; in the legacy mode {add}, then
+// {delete, add}.
 func TestGoldenGrant(t *testing.T) {
-	k := &fakeKernel{table: "nftknock"}
-	f, err := Open("nftknock", nftables.WithTestDial(k.dial))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Install(defaultConfig()); err != nil {
-		t.Fatal(err)
-	}
-	k.sent = nil
-	addr := mustAddr("::ffff:192.0.2.1") // 4in6: goes to the IPv4 set
-	if err := f.Grant("ssh", addr, 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Grant("ssh", addr, 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	got := renderMessages(k.sent)
-	path := filepath.Join("testdata", "grant.golden")
-	if want := golden(t, path, got); got != want {
-		t.Errorf("Grant sent other messages than %s:\n%s", path, firstDiff(want, got))
+	for _, mode := range []grantMode{grantUpdate, grantDestroy, grantLegacy} {
+		t.Run(mode.String(), func(t *testing.T) {
+			k := &fakeKernel{table: "nftknock"}
+			f, err := Open("nftknock", nftables.WithTestDial(k.dial))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			f.mode = mode
+			if err := f.Install(defaultConfig()); err != nil {
+				t.Fatal(err)
+			}
+			k.sent = nil
+			addr := mustAddr("::ffff:192.0.2.1") // 4in6: goes to the IPv4 set
+			if err := f.Grant("ssh", addr, 30*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Grant("ssh", addr, 30*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			got := renderMessages(k.sent)
+			path := filepath.Join("testdata", "grant_"+strings.ReplaceAll(mode.String(), "+", "_")+".golden")
+			if want := golden(t, path, got); got != want {
+				t.Errorf("Grant sent other messages than %s:\n%s", path, firstDiff(want, got))
+			}
+		})
 	}
 }
 
@@ -223,6 +231,7 @@ var msgNames = map[int]string{
 	unix.NFT_MSG_NEWSETELEM: "NFT_MSG_NEWSETELEM",
 	unix.NFT_MSG_GETSETELEM: "NFT_MSG_GETSETELEM",
 	unix.NFT_MSG_DELSETELEM: "NFT_MSG_DELSETELEM",
+	nftMsgDestroySetElem:    "NFT_MSG_DESTROYSETELEM",
 }
 
 func msgName(t netlink.HeaderType) string {
@@ -295,7 +304,7 @@ func summary(m netlink.Message) string {
 			if c, ok := userdata.GetString(ad.Bytes(), userdata.TypeComment); ok {
 				parts = append(parts, fmt.Sprintf("comment=%q", c))
 			}
-		case ad.Type() == unix.NFTA_SET_NAME && msg >= unix.NFT_MSG_NEWSET && msg <= unix.NFT_MSG_DELSETELEM:
+		case ad.Type() == unix.NFTA_SET_NAME && (msg >= unix.NFT_MSG_NEWSET && msg <= unix.NFT_MSG_DELSETELEM || msg == nftMsgDestroySetElem):
 			parts = append(parts, "set="+ad.String())
 		}
 	}

@@ -185,13 +185,9 @@ func (f *Firewall) restoreMessages(restore []restoreGrant) ([]netlink.Message, e
 // restoreElement is one NFTA_LIST_ELEM: key, timeout, expiration. ok is
 // false when the grant has run out.
 func restoreElement(elemKey []byte, exp time.Time, timeout time.Duration, now time.Time) (item []byte, ok bool, err error) {
-	key, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: elemKey}})
-	if err != nil {
-		return nil, false, err
-	}
-	attrs := []netlink.Attribute{{Type: unix.NFTA_SET_ELEM_KEY | unix.NLA_F_NESTED, Data: key}}
+	var left time.Duration
 	if !exp.IsZero() {
-		left := exp.Sub(now).Truncate(time.Millisecond)
+		left = exp.Sub(now).Truncate(time.Millisecond)
 		if left < time.Millisecond {
 			return nil, false, nil
 		}
@@ -200,13 +196,31 @@ func restoreElement(elemKey []byte, exp time.Time, timeout time.Duration, now ti
 			// kernel refuses (ERANGE): the time left is the timeout.
 			timeout = left
 		}
-		attrs = append(attrs,
-			netlink.Attribute{Type: unix.NFTA_SET_ELEM_TIMEOUT, Data: binaryutil.BigEndian.PutUint64(uint64(timeout.Milliseconds()))},
-			netlink.Attribute{Type: unix.NFTA_SET_ELEM_EXPIRATION, Data: binaryutil.BigEndian.PutUint64(uint64(left.Milliseconds()))},
-		)
+	} else {
+		timeout = 0 // an element without timeout
 	}
-	item, err = netlink.MarshalAttributes(attrs)
+	item, err = elementItem(elemKey, timeout, left)
 	return item, err == nil, err
+}
+
+// elementItem is one NFTA_LIST_ELEM: the key and, unless zero, the
+// element's whole timeout and the time it has left (its expiration), in
+// whole milliseconds. NEWSETELEM with both adds the element with that much
+// left, or, on Linux 6.12 and later, updates an element that is already
+// there in place: its timer restarts at the expiration.
+func elementItem(elemKey []byte, timeout, expires time.Duration) ([]byte, error) {
+	key, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: elemKey}})
+	if err != nil {
+		return nil, err
+	}
+	attrs := []netlink.Attribute{{Type: unix.NFTA_SET_ELEM_KEY | unix.NLA_F_NESTED, Data: key}}
+	if timeout > 0 {
+		attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_ELEM_TIMEOUT, Data: binaryutil.BigEndian.PutUint64(uint64(timeout.Milliseconds()))})
+	}
+	if expires > 0 {
+		attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_ELEM_EXPIRATION, Data: binaryutil.BigEndian.PutUint64(uint64(expires.Milliseconds()))})
+	}
+	return netlink.MarshalAttributes(attrs)
 }
 
 // setElemMessage is NFT_MSG_NEWSETELEM for items of set, as nft sends it:
@@ -269,9 +283,14 @@ func (f *Firewall) sendBatch(batch []netlink.Message) error {
 	// (The test socket of WithTestDial has no deadlines: ignored.)
 	_ = nl.SetReadDeadline(time.Now().Add(batchTimeout))
 	defer nl.SetReadDeadline(time.Time{})
+	f.stats.Batches++
 	for got := 0; got < want; {
 		replies, err := nl.Receive()
 		if err != nil {
+			var errno unix.Errno
+			if errors.As(err, &errno) {
+				f.stats.Refused++
+			}
 			f.reset()
 			return err
 		}

@@ -69,6 +69,11 @@ type Firewall struct {
 
 	closed bool
 
+	// mode is how Grant restarts a timer on this kernel (see grantMode).
+	mode grantMode
+	// stats counts the batches sent and those the kernel refused.
+	stats Stats
+
 	// now is the clock of the mirror; tests replace it.
 	now func() time.Time
 
@@ -105,6 +110,63 @@ type Firewall struct {
 	port atomic.Uint32
 }
 
+// Stats counts the Firewall's batches: each is one transaction, applied
+// whole or, when the kernel answers with an error, not at all.
+type Stats struct {
+	Batches uint64 // sent
+	Refused uint64 // answered with an error: nothing of them applied
+}
+
+// Stats returns the counts so far.
+func (f *Firewall) Stats() Stats { return f.stats }
+
+// grantMode is how Grant restarts the timer of an element that may or may
+// not be in the set, chosen from the kernel's version at Open.
+type grantMode uint8
+
+const (
+	// grantUpdate (Linux 6.12 and later, commit 4201f3938914 "set element
+	// timeout update support"): one NEWSETELEM with timeout and
+	// expiration adds the element or updates it in place.
+	grantUpdate grantMode = iota
+	// grantDestroy (Linux 6.3 and later): DESTROYSETELEM, a delete that
+	// does not fail on a missing element, then NEWSETELEM.
+	grantDestroy
+	// grantLegacy: {delete, add} guided by the mirror, {add} after an
+	// abort (see grantLegacy).
+	grantLegacy
+)
+
+func (m grantMode) String() string {
+	return [...]string{"update", "destroy+add", "delete+add"}[m]
+}
+
+// grantModeFor picks the grant mode for a kernel release such as
+// "6.18.44-fc-v1045". A release it cannot read gets the legacy mode,
+// which works everywhere.
+func grantModeFor(release string) grantMode {
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		return grantLegacy
+	}
+	switch v := major*1000 + minor; {
+	case v >= 6012:
+		return grantUpdate
+	case v >= 6003:
+		return grantDestroy
+	}
+	return grantLegacy
+}
+
+// kernelRelease is uname -r.
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
 type grantKey struct {
 	door string
 	addr netip.Addr
@@ -130,6 +192,7 @@ func Open(table string, opts ...nftables.ConnOption) (*Firewall, error) {
 		table:  &nftables.Table{Name: table, Family: nftables.TableFamilyINet},
 		opts:   slices.Clone(opts),
 		now:    time.Now,
+		mode:   grantModeFor(kernelRelease()),
 		mirror: map[grantKey]time.Time{},
 
 		rotation: map[string]knocksNow{},
@@ -195,7 +258,12 @@ func growBuffers(c *netlink.Conn) error {
 // element that had just expired, see Grant) and acknowledged every message
 // of it, so the socket holds nothing unread and Grant's retry can use it.
 func (f *Firewall) flush(c *nftables.Conn) error {
+	f.stats.Batches++
 	if err := c.Flush(); err != nil {
+		var errno unix.Errno
+		if errors.As(err, &errno) {
+			f.stats.Refused++
+		}
 		if !errors.Is(err, unix.ENOENT) {
 			f.reset()
 		}
@@ -206,24 +274,18 @@ func (f *Firewall) flush(c *nftables.Conn) error {
 
 // Grant lets addr through door's opened ports for d, counted from now: it
 // adds addr to the door's set with timeout d, or restarts the timeout if
-// addr is already there.
+// addr is already there, in one batch that the kernel never refuses for
+// an element that is missing, live, or expired but not yet collected.
 //
-// Two kernel facts shape it (both seen on Linux 6.18, and pinned by
-// TestKernelReaddDoesNotRefresh and TestKernelDeleteExpiredRollsBack):
+// How depends on the kernel (see grantMode): from Linux 6.12 one
+// NEWSETELEM that carries the expiration as well as the timeout adds the
+// element or restarts its timer in place; from 6.3 a DESTROYSETELEM (a
+// delete that does not fail on a missing element) and a NEWSETELEM go in
+// one batch; before that, a mirror of expiries decides between {delete,
+// add} and {add}, and an aborted {delete, add} is retried as {add}.
 //
-//   - Adding an element that is already in the set, with the same timeout,
-//     succeeds but leaves its expiry alone. So a refresh is a delete and an
-//     add in one batch.
-//   - Deleting an element whose timeout has just run out, but which garbage
-//     collection has not yet removed, fails with ENOENT, and the kernel
-//     aborts the whole batch: the add is lost too.
-//
-// So Grant asks the mirror first: if it believes the element live, it sends
-// {delete, add}, and on ENOENT retries with {add} alone; otherwise it sends
-// {add}. Two exceptions: an element the mirror knows to outlast d (a
-// longer grant from `nftknock grant`) is left as it is, never shortened
-// (see keep); and a Firewall that did not Install (the nftknock tool) has
-// no mirror, so it always refreshes.
+// An element the mirror knows to outlast d (a longer grant from `nftknock
+// grant`) is left as it is, never shortened (see keep).
 func (f *Firewall) Grant(door string, addr netip.Addr, d time.Duration) error {
 	addr = addr.Unmap().WithZone("")
 	if err := f.grant(door, addr, d); err != nil {
@@ -243,15 +305,78 @@ func (f *Firewall) grant(door string, addr netip.Addr, d time.Duration) error {
 		return fmt.Errorf("timeout %v is under a millisecond", d)
 	}
 	key := grantKey{door, f.grantAddr(door, addr)}
-	elem := []nftables.SetElement{{Key: f.elemKey(door, addr), Timeout: d}}
+	exp, known := f.mirror[key]
+	now := f.now()
+	if known && f.live(exp, now) && (exp.IsZero() || exp.After(now.Add(d))) {
+		// The element outlasts d (a longer grant from `nftknock grant`,
+		// or one from before a reload that shortened open_for). A knock
+		// never shortens a grant: re-add it as it is (see keep).
+		return f.keep(key, set.Name, exp)
+	}
+	switch f.mode {
+	case grantUpdate, grantDestroy:
+		var batch []netlink.Message
+		if batch, err = f.refreshBatch(set.Name, f.elemKey(door, addr), d); err == nil {
+			err = f.sendBatch(batch)
+		}
+	default:
+		err = f.grantLegacy(set, f.elemKey(door, addr), d, (known && f.live(exp, now)) || len(f.doors) == 0)
+	}
+	if err != nil {
+		return err
+	}
+	// Read the clock after the kernel has set its expiry, so ours is never
+	// the earlier of the two.
+	f.mirror[key] = f.now().Add(d)
+	f.timeouts[key] = d
+	return nil
+}
 
+// refreshBatch is the one batch that gives the element key of set a
+// timeout d starting now, whether it is there or not: in grantUpdate mode
+// a NEWSETELEM with timeout and expiration both d (an element already
+// there is updated in place, its timer restarted); in grantDestroy mode a
+// DESTROYSETELEM and a NEWSETELEM.
+func (f *Firewall) refreshBatch(set string, key []byte, d time.Duration) ([]netlink.Message, error) {
+	spec := setSpec{name: set}
+	expires := d
+	if f.mode == grantDestroy {
+		expires = 0 // a fresh element's expiration is its timeout
+	}
+	item, err := elementItem(key, d, expires)
+	if err != nil {
+		return nil, err
+	}
+	add, err := setElemMessage(f.table, spec, []netlink.Attribute{{Type: 1 | unix.NLA_F_NESTED, Data: item}})
+	if err != nil || f.mode == grantUpdate {
+		return batchOf(add), err
+	}
+	if item, err = elementItem(key, 0, 0); err != nil {
+		return nil, err
+	}
+	del, err := setElemMessage(f.table, spec, []netlink.Attribute{{Type: 1 | unix.NLA_F_NESTED, Data: item}})
+	del.Header.Type = netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | nftMsgDestroySetElem)
+	return batchOf(del, add), err
+}
+
+// grantLegacy is Grant on a kernel older than 6.3, which has neither
+// DESTROYSETELEM nor element updates. Two kernel facts shape it (pinned by
+// TestKernelReaddDoesNotRefresh and TestKernelDeleteExpiredRollsBack):
+// adding an element that is there already, with the same timeout, leaves
+// its expiry alone, so a refresh is {delete, add}; and deleting an element
+// whose timeout has just run out fails with ENOENT and aborts the whole
+// batch. So refresh says whether the mirror believes the element live
+// (or there is no mirror: the nftknock tool); a {delete, add} that the
+// kernel aborts with ENOENT is sent again as {add}.
+func (f *Firewall) grantLegacy(set *nftables.Set, key []byte, d time.Duration, refresh bool) error {
+	elem := []nftables.SetElement{{Key: key, Timeout: d}}
 	send := func(refresh bool) error {
 		c, err := f.c()
 		if err != nil {
 			return err
 		}
 		if refresh {
-			if err := c.SetDeleteElements(set, []nftables.SetElement{{Key: f.elemKey(door, addr)}}); err != nil {
+			if err := c.SetDeleteElements(set, []nftables.SetElement{{Key: key}}); err != nil {
 				f.reset()
 				return err
 			}
@@ -262,34 +387,12 @@ func (f *Firewall) grant(door string, addr netip.Addr, d time.Duration) error {
 		}
 		return f.flush(c)
 	}
-
-	exp, known := f.mirror[key]
-	now := f.now()
-	switch {
-	case known && f.live(exp, now) && (exp.IsZero() || exp.After(now.Add(d))):
-		// The element outlasts d (a longer grant from `nftknock grant`,
-		// or one from before a reload that shortened open_for). A knock
-		// never shortens a grant: re-add it as it is (see keep).
-		return f.keep(key, set.Name, exp)
-	case (known && f.live(exp, now)) || len(f.doors) == 0:
-		// Without Install (the nftknock tool) there is no mirror: the
-		// kernel may hold the element, so it is a refresh too.
-		err = send(true)
-		if errors.Is(err, unix.ENOENT) {
-			// The kernel expired it before our estimate did.
-			err = send(false)
-		}
-	default:
+	err := send(refresh)
+	if refresh && errors.Is(err, unix.ENOENT) {
+		// The kernel expired it before our estimate did.
 		err = send(false)
 	}
-	if err != nil {
-		return err
-	}
-	// Read the clock after the kernel has set its expiry, so ours is never
-	// the earlier of the two.
-	f.mirror[key] = f.now().Add(d)
-	f.timeouts[key] = d
-	return nil
+	return err
 }
 
 // Revoke removes addr from door's set at once. An element that is already

@@ -267,16 +267,36 @@ type Daemon struct {
 // until it logs that it has started (its table is installed and its NFLOG
 // group bound), or until it exits.
 func (l *Lab) StartDaemon(bin, config string, extra ...string) (*Daemon, error) {
-	return l.StartDaemonEnv(bin, config, nil, extra...)
+	return l.Start(DaemonOptions{Bin: bin, Config: config, Args: extra})
 }
 
 // StartDaemonEnv is StartDaemon with env ("KEY=value") added to the
 // daemon's environment, e.g. a NOTIFY_SOCKET.
 func (l *Lab) StartDaemonEnv(bin, config string, env []string, extra ...string) (*Daemon, error) {
+	return l.Start(DaemonOptions{Bin: bin, Config: config, Env: env, Args: extra})
+}
+
+// DaemonOptions says how Start runs nftknockd.
+type DaemonOptions struct {
+	Bin, Config string
+	Args        []string // after -config
+	Env         []string // added to the environment
+	// CPUs, if set, is the only CPU list the daemon may run on (taskset
+	// -c): benchmarks keep it off the CPU the client spins on.
+	CPUs string
+}
+
+// Start starts nftknockd as o says in the server namespace and waits until
+// it logs that it has started, or until it exits.
+func (l *Lab) Start(o DaemonOptions) (*Daemon, error) {
 	d := &Daemon{log: &syncBuffer{}, done: make(chan struct{})}
-	argv := append([]string{"ip", "netns", "exec", l.Server, bin, "-config", config}, extra...)
+	argv := append([]string{"ip", "netns", "exec", l.Server, o.Bin, "-config", o.Config}, o.Args...)
+	if o.CPUs != "" {
+		// taskset execs ip, which execs the daemon: the pid stays its.
+		argv = append([]string{"taskset", "-c", o.CPUs}, argv...)
+	}
 	d.cmd = exec.Command(argv[0], argv[1:]...)
-	d.cmd.Env = append(os.Environ(), env...)
+	d.cmd.Env = append(os.Environ(), o.Env...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		return nil, err
