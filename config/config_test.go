@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,11 +17,13 @@ func TestDefaultConfigParses(t *testing.T) {
 		t.Fatalf("the embedded default config does not validate: %v", err)
 	}
 	want := Door{
-		Name:       "ssh",
-		Sequence:   []Port{{Num: 7000, Proto: TCP}, {Num: 8000, Proto: UDP}, {Num: 9000, Proto: TCP}},
-		SeqTimeout: 10 * time.Second,
-		Open:       []Port{{Num: 22, Proto: TCP}},
-		OpenFor:    30 * time.Second,
+		Name: "ssh",
+		Kind: &Sequence{
+			Sequence:   []Port{{Num: 7000, Proto: TCP}, {Num: 8000, Proto: UDP}, {Num: 9000, Proto: TCP}},
+			SeqTimeout: 10 * time.Second,
+		},
+		Open:    []Port{{Num: 22, Proto: TCP}},
+		OpenFor: 30 * time.Second,
 	}
 	if cfg.NFLOGGroup != 7113 || cfg.Table != "nftknock" || cfg.MaxTracked != 65536 {
 		t.Errorf("top level = %d %q %d, want 7113 nftknock 65536", cfg.NFLOGGroup, cfg.Table, cfg.MaxTracked)
@@ -61,7 +64,7 @@ func TestLoadReadsFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := cfg.Doors[0].Sequence; got[0] != (Port{Num: 7000, Proto: TCP}) || got[1] != (Port{Num: 8000, Proto: UDP}) || got[2] != (Port{Num: 9000, Proto: TCP}) {
+	if got := cfg.Doors[0].Kind.(*Sequence).Sequence; got[0] != (Port{Num: 7000, Proto: TCP}) || got[1] != (Port{Num: 8000, Proto: UDP}) || got[2] != (Port{Num: 9000, Proto: TCP}) {
 		t.Errorf("sequence = %v", got)
 	}
 	if _, err := Load(filepath.Join(t.TempDir(), "absent.toml")); err == nil || !errors.Is(err, os.ErrNotExist) {
@@ -121,6 +124,8 @@ func TestRejects(t *testing.T) {
 			[]string{`door "vpn": sequence[0]: 22:tcp is also opened by door "ssh"`}},
 		{"unknown top-level key", "tabel = \"x\"\n" + ok("", ""), []string{`f.toml:1: tabel: unknown key`}},
 		{"unknown door key", ok("", "") + "sequnce = [\"1\"]\n", []string{`f.toml:7: door "ssh": sequnce: unknown key in [[door]]`}},
+		{"wrong door key type", ok("of", `30`), []string{`f.toml:6: door "ssh": open_for: want a string`}},
+		{"max_grants", ok("", "") + "max_grants = 0\n", []string{`f.toml:7: door "ssh": max_grants: 0 is out of range 1-4194304`}},
 		{"nflog group range", "nflog_group = 65536\n" + ok("", ""), []string{`f.toml:1: nflog_group: 65536 is out of range 0-65535`}},
 		{"table name", "table = \"my table\"\n" + ok("", ""), []string{`f.toml:1: table: "my table" must be`}},
 		{"max_tracked zero", "max_tracked = 0\n" + ok("", ""), []string{`f.toml:1: max_tracked: 0 is out of range`}},
@@ -224,13 +229,29 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("invalid config accepted: %+v", cfg)
 		}
 		for _, d := range cfg.Doors {
-			if len(d.Sequence) == 0 || len(d.Open) == 0 || d.SeqTimeout <= 0 || d.OpenFor <= 0 || !doorNameRE.MatchString(d.Name) {
+			if len(d.Open) == 0 || d.OpenFor <= 0 || !doorNameRE.MatchString(d.Name) || d.MaxGrants < 1 || d.Kind == nil {
 				t.Fatalf("invalid door accepted: %+v", d)
 			}
-			for _, p := range d.Sequence {
-				if (p.Num == 0 && p.Proto != ICMP) || (p.Proto != TCP && p.Proto != UDP && p.Proto != ICMP) || p.Last != 0 {
-					t.Fatalf("invalid knock accepted: %+v", p)
+			switch k := d.Kind.(type) {
+			case *Sequence:
+				if (len(k.Sequence) == 0) == (k.OneTimeFile == "") || k.SeqTimeout <= 0 {
+					t.Fatalf("invalid knock door accepted: %+v", k)
 				}
+				for _, p := range k.Sequence {
+					if (p.Num == 0 && p.Proto != ICMP) || (p.Proto != TCP && p.Proto != UDP && p.Proto != ICMP) || p.Last != 0 {
+						t.Fatalf("invalid knock accepted: %+v", p)
+					}
+				}
+			case *SPA:
+				if k.Port.Proto != UDP || k.Port.Num == 0 || !filepath.IsAbs(k.KeyFile) || k.MaxAge <= 0 {
+					t.Fatalf("invalid SPA door accepted: %+v", k)
+				}
+			case *Rotating:
+				if k.Ports.Last <= k.Ports.Num || k.Every < MinRotateEvery || k.SeqTimeout > k.Every || !filepath.IsAbs(k.KeyFile) {
+					t.Fatalf("invalid rotating door accepted: %+v", k)
+				}
+			default:
+				t.Fatalf("door of unknown kind %T accepted", k)
 			}
 			for _, p := range d.Open {
 				if p.Num == 0 || (p.Proto != TCP && p.Proto != UDP) || (p.Last != 0 && p.Last <= p.Num) {
@@ -251,21 +272,10 @@ func containsAll(s string, subs []string) bool {
 }
 
 func doorEqual(a, b Door) bool {
-	if a.Name != b.Name || a.SeqTimeout != b.SeqTimeout || a.OpenFor != b.OpenFor ||
-		len(a.Sequence) != len(b.Sequence) || len(a.Open) != len(b.Open) {
-		return false
-	}
-	for i := range a.Sequence {
-		if a.Sequence[i] != b.Sequence[i] {
-			return false
-		}
-	}
-	for i := range a.Open {
-		if a.Open[i] != b.Open[i] {
-			return false
-		}
-	}
-	return true
+	ka, oka := a.Kind.(*Sequence)
+	kb, okb := b.Kind.(*Sequence)
+	return a.Name == b.Name && a.OpenFor == b.OpenFor && slices.Equal(a.Open, b.Open) &&
+		oka && okb && ka.SeqTimeout == kb.SeqTimeout && slices.Equal(ka.Sequence, kb.Sequence)
 }
 
 // TestREADMEShowsDefaultConfig keeps the README's configuration reference
@@ -317,19 +327,22 @@ open_for = "10s"
 		t.Fatal(err)
 	}
 	d := cfg.Doors[0]
+	k := d.Kind.(*Sequence)
+	once := cfg.Doors[1].Kind.(*Sequence)
 	checks := map[string]bool{
-		"sequence":      len(d.Sequence) == 3 && d.Sequence[1] == (Port{Num: 1000, Proto: ICMP}),
-		"close":         len(d.CloseSequence) == 2 && d.CloseSequence[1] == (Port{Num: 9200, Proto: UDP}),
-		"tcp_flags":     d.TCPFlags == TCPFlags{Mask: FlagSYN | FlagACK | FlagRST, Want: FlagSYN},
+		"sequence":      len(k.Sequence) == 3 && k.Sequence[1] == (Port{Num: 1000, Proto: ICMP}),
+		"close":         len(k.CloseSequence) == 2 && k.CloseSequence[1] == (Port{Num: 9200, Proto: UDP}),
+		"tcp_flags":     k.TCPFlags == TCPFlags{Mask: FlagSYN | FlagACK | FlagRST, Want: FlagSYN},
 		"interface":     d.Interface == "eth0",
 		"open range":    d.Open[1] == (Port{Num: 60000, Last: 61000, Proto: UDP}),
 		"open_to":       d.OpenToAnyone,
 		"always_allow":  len(d.AlwaysAllow) == 4 && d.AlwaysAllow[2] == netip.MustParsePrefix("10.1.2.3/32") && d.AlwaysAllow[3] == netip.MustParsePrefix("2001:db8::1/128"),
 		"on_open":       len(d.OnOpen) == 3 && d.OnOpen[2] == "{src}",
 		"hook_timeout":  d.HookTimeout == 3*time.Second,
-		"default flags": cfg.Doors[1].TCPFlags == DefaultTCPFlags,
-		"one-time":      cfg.Doors[1].OneTime == ot && len(cfg.Doors[1].Sequence) == 2 && cfg.Doors[1].Sequence[0] == (Port{Num: 7100, Proto: UDP}),
+		"default flags": once.TCPFlags == DefaultTCPFlags,
+		"one-time":      once.OneTimeFile == ot && len(once.Sequence) == 0,
 		"default hooks": cfg.Doors[1].HookTimeout == defaultHookTimeout && cfg.Doors[1].OnOpen == nil,
+		"max_grants":    d.MaxGrants == DefaultMaxGrants,
 	}
 	for name, ok := range checks {
 		if !ok {
@@ -364,17 +377,5 @@ open_for = "10s"
 	rel := strings.Replace(base, `sequence = ["7000"]`, `one_time_sequences = "otp.txt"`, 1)
 	if _, err := Parse("f.toml", []byte(rel)); err == nil || !strings.Contains(err.Error(), `one_time_sequences: "otp.txt" must be an absolute path`) {
 		t.Errorf("relative one_time_sequences: %v", err)
-	}
-	crossed := filepath.Join(dir, "crossed")
-	if err := os.WriteFile(crossed, []byte("7100:udp,22\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cr := strings.Replace(base, `sequence = ["7000"]`, `one_time_sequences = "`+crossed+`"`, 1)
-	if _, err := Parse("f.toml", []byte(cr)); err == nil || !strings.Contains(err.Error(), `knocks on 22:tcp, which door "ssh" opens`) {
-		t.Errorf("one-time sequence on an opened port: %v", err)
-	}
-	missing := strings.Replace(base, `sequence = ["7000"]`, `one_time_sequences = "`+filepath.Join(dir, "absent")+`"`, 1)
-	if _, err := Parse("f.toml", []byte(missing)); err == nil || !strings.Contains(err.Error(), "one_time_sequences") {
-		t.Errorf("missing one_time_sequences file: %v", err)
 	}
 }

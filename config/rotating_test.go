@@ -4,12 +4,10 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/nftknock/nftknock/knock/spa"
 )
 
 func TestRotatingDoor(t *testing.T) {
-	key := spaKeyFile(t, 0o600, spa.GenerateKey())
+	key := spaKeyFile(t, 0o600, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n")
 	cfg, err := Parse("f.toml", []byte(`
 [[door]]
 name = "rot"
@@ -31,24 +29,20 @@ open_for = "30s"
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := cfg.Doors[0]
-	if !d.IsRotating() || d.IsSPA() || len(d.SequenceKey) != spa.KeySize || d.SequenceLength != 5 ||
-		d.SequencePorts != (Port{Num: 30000, Last: 30999, Proto: UDP}) || d.RotateEvery != time.Minute || len(d.Sequence) != 0 {
-		t.Errorf("door %+v", d)
+	d, ok := cfg.Doors[0].Kind.(*Rotating)
+	if !ok || d.KeyFile != key || d.Length != 5 || d.SeqTimeout != 10*time.Second ||
+		d.Ports != (Port{Num: 30000, Last: 30999, Proto: UDP}) || d.Every != time.Minute {
+		t.Errorf("door %+v", cfg.Doors[0].Kind)
 	}
 	// The defaults are the client's defaults.
-	d = cfg.Doors[1]
-	if d.SequenceLength != DefaultSequenceLength || d.SequencePorts.String() != DefaultSequencePorts || d.RotateEvery != DefaultRotateEvery {
-		t.Errorf("defaults: length %d, ports %s, every %s", d.SequenceLength, d.SequencePorts, d.RotateEvery)
-	}
-	if cfg.Doors[0].IsRotating() == false || (&Door{Sequence: d.Sequence}).IsRotating() {
-		t.Error("IsRotating does not tell a rotating door from a knock door")
+	d = cfg.Doors[1].Kind.(*Rotating)
+	if d.Length != DefaultSequenceLength || d.Ports.String() != DefaultSequencePorts || d.Every != DefaultRotateEvery || d.TCPFlags != DefaultTCPFlags {
+		t.Errorf("defaults: length %d, ports %s, every %s", d.Length, d.Ports, d.Every)
 	}
 }
 
 func TestRotatingDoorRejects(t *testing.T) {
-	good := spaKeyFile(t, 0o600, spa.GenerateKey())
-	loose := spaKeyFile(t, 0o644, spa.GenerateKey())
+	good := spaKeyFile(t, 0o600, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n")
 	door := func(extra string) string {
 		return "[[door]]\nname = \"rot\"\nopen = [\"22:tcp\"]\nopen_for = \"30s\"\nseq_timeout = \"10s\"\n" + extra
 	}
@@ -61,7 +55,6 @@ func TestRotatingDoorRejects(t *testing.T) {
 		{"and a close sequence", rot(`close_sequence = ["7000"]`), []string{`close_sequence: a rotating door`}},
 		{"and spa", rot("spa_port = \"62201:udp\"\nkey_file = \"" + good + "\""), []string{`sequence_key_file: a door has either spa_port or sequence_key_file`}},
 		{"relative key", door(`sequence_key_file = "rot.key"`), []string{`sequence_key_file: "rot.key" must be an absolute path`}},
-		{"readable key", door(`sequence_key_file = "` + loose + `"`), []string{`sequence_key_file:`, `readable by group or others`}},
 		{"length 1", rot(`sequence_length = 1`), []string{`sequence_length: 1 is out of range 2-16`}},
 		{"length 17", rot(`sequence_length = 17`), []string{`sequence_length: 17 is out of range 2-16`}},
 		{"narrow range", rot(`sequence_ports = "20000-20100:tcp"`), []string{`sequence_ports: "20000-20100:tcp" holds 101 ports`}},

@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/nftknock/nftknock/knock/spa"
 )
 
 func spaKeyFile(t *testing.T, mode os.FileMode, text string) string {
@@ -23,7 +21,7 @@ func spaKeyFile(t *testing.T, mode os.FileMode, text string) string {
 }
 
 func TestSPADoor(t *testing.T) {
-	key := spaKeyFile(t, 0o600, spa.GenerateKey())
+	key := spaKeyFile(t, 0o600, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n")
 	cfg, err := Parse("f.toml", []byte(`
 [[door]]
 name = "ssh"
@@ -35,17 +33,15 @@ open_for = "30s"
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := cfg.Doors[0]
-	if !d.IsSPA() || d.SPAPort != (Port{Num: 62201, Proto: UDP}) || len(d.Key) != spa.KeySize ||
-		d.SPAMaxAge != 30*time.Second || d.SPAAllowRequested || len(d.Sequence) != 0 {
-		t.Errorf("door %+v", d)
+	d, ok := cfg.Doors[0].Kind.(*SPA)
+	if !ok || d.Port != (Port{Num: 62201, Proto: UDP}) || d.KeyFile != key ||
+		d.MaxAge != 30*time.Second || d.AllowRequested {
+		t.Errorf("door %+v", cfg.Doors[0].Kind)
 	}
 }
 
 func TestSPADoorRejects(t *testing.T) {
-	good := spaKeyFile(t, 0o600, spa.GenerateKey())
-	loose := spaKeyFile(t, 0o640, spa.GenerateKey())
-	short := spaKeyFile(t, 0o600, "AAAA\n")
+	good := spaKeyFile(t, 0o600, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n")
 	door := func(extra string) string {
 		return "[[door]]\nname = \"ssh\"\nopen = [\"22:tcp\"]\nopen_for = \"30s\"\n" + extra
 	}
@@ -55,8 +51,8 @@ func TestSPADoorRejects(t *testing.T) {
 		{"no proto", door(`spa_port = "62201"` + "\nkey_file = \"" + good + "\"\n"), []string{`spa_port:`, `UDP port`}},
 		{"no key", door(`spa_port = "62201:udp"` + "\n"), []string{`door "ssh": key_file: missing`}},
 		{"relative key", door(`spa_port = "62201:udp"` + "\nkey_file = \"door.key\"\n"), []string{`key_file: "door.key" must be an absolute path`}},
-		{"readable key", door(`spa_port = "62201:udp"` + "\nkey_file = \"" + loose + "\"\n"), []string{`key_file:`, `readable by group or others`}},
-		{"short key", door(`spa_port = "62201:udp"` + "\nkey_file = \"" + short + "\"\n"), []string{`key_file:`, `holds 3 bytes, want 32`}},
+		{"spa seq_timeout", door(`spa_port = "62201:udp"` + "\nkey_file = \"" + good + "\"\nseq_timeout = \"5s\"\n"), []string{`seq_timeout: an SPA door has no knock sequence to time out`}},
+		{"two spa doors, one port", door(`spa_port = "62201:udp"`+"\nkey_file = \""+good+"\"\n") + strings.Replace(door(`spa_port = "62201:udp"`+"\nkey_file = \""+good+"\"\n"), `"ssh"`, `"vpn"`, 1), []string{`door "vpn": spa_port: 62201:udp overlaps 62201:udp, door "ssh"'s SPA port`}},
 		{"bad age", door(`spa_port = "62201:udp"` + "\nkey_file = \"" + good + "\"\nspa_max_age = \"2h\"\n"), []string{`spa_max_age:`, `longer than`}},
 		{"key on knock door", door("sequence = [\"7000\"]\nseq_timeout = \"5s\"\nkey_file = \"" + good + "\"\n"), []string{`key_file: only an SPA door`}},
 		{"spa port opened", door(`spa_port = "22:udp"`+"\nkey_file = \""+good+"\"\n") + "[[door]]\nname = \"dns\"\nsequence = [\"7000\"]\nseq_timeout = \"5s\"\nopen = [\"22:udp\"]\nopen_for = \"5s\"\n", []string{`door "ssh": spa_port: 22:udp is also opened by door "dns"`}},

@@ -2,7 +2,9 @@ package integration
 
 import (
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -269,9 +271,24 @@ func TestCheckAndPrintConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := writeConfig(t, "", out)
+	// It names files in /etc/nftknock; -check reads them, so the test
+	// makes them in a directory of its own.
+	dir := t.TempDir()
+	key := []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n")
+	for name, data := range map[string][]byte{"vpn.key": key, "rot.key": key, "once.seq": []byte("7300:udp,7400,7500:udp\n")} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := writeConfig(t, "", strings.ReplaceAll(out, "/etc/nftknock/", dir+"/"))
 	if out, err := lab.Run(l.Server, daemonBin, "-check", "-config", path); err != nil || !strings.Contains(out, "OK") {
 		t.Errorf("-check on -print-config output: %v %s", err, out)
+	}
+	// The same config without its files: -check names each.
+	missing := writeConfig(t, "", out)
+	if out, err := lab.Run(l.Server, daemonBin, "-check", "-config", missing); err == nil ||
+		!strings.Contains(out, `door "vpn": key_file: /etc/nftknock/vpn.key`) || !strings.Contains(out, `door "once": one_time_sequences`) {
+		t.Errorf("-check of the reference config without its files: %v %s", err, out)
 	}
 	if rs, err := lab.Run(l.Server, "nft", "list", "ruleset"); err != nil || strings.TrimSpace(rs) != "" {
 		t.Errorf("-check or -print-config changed the ruleset: %q %v", rs, err)

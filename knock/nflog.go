@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -48,7 +49,12 @@ type NFLOG struct {
 	overruns  atomic.Uint64
 	malformed atomic.Uint64
 	closed    atomic.Bool
+	woken     atomic.Bool
 	log       *zap.Logger
+	// buf receives one datagram at a time: a netlink message of a logged
+	// packet is at most the copy range and some attributes.
+	buf            []byte
+	lastOverrunLog time.Time
 }
 
 // NFLOGConfig configures ListenNFLOG.
@@ -77,7 +83,7 @@ func ListenNFLOG(cfg NFLOGConfig) (*NFLOG, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netfilter netlink socket: %w", err)
 	}
-	l := &NFLOG{conn: conn, group: cfg.Group, log: cfg.Logger.With(zap.Uint16("nflog_group", cfg.Group))}
+	l := &NFLOG{conn: conn, group: cfg.Group, log: cfg.Logger.With(zap.Uint16("nflog_group", cfg.Group)), buf: make([]byte, max(64<<10, int(cfg.CopyRange)+4096))}
 
 	// Enlarge the buffer before binding so a burst at startup fits. SetReadBuffer
 	// tries SO_RCVBUFFORCE (ignores net.core.rmem_max; needs CAP_NET_ADMIN) and
@@ -179,44 +185,108 @@ type Logged struct {
 	InIfindex uint32
 }
 
-// Run reads until ctx is done (returns nil), Close is called (returns nil) or
-// a fatal error, calling handle for each logged packet.
-// ENOBUFS (the socket buffer overran: the kernel dropped log messages) is
-// counted, logged with the running total, and is never fatal.
+// Run reads until ctx is done (returns nil), Close is called (returns nil)
+// or a fatal error, calling handle for each logged packet.
 func (l *NFLOG) Run(ctx context.Context, handle func(Logged)) error {
-	if err := l.conn.SetReadDeadline(time.Time{}); err != nil && !l.closed.Load() {
-		return fmt.Errorf("NFLOG group %d: %w", l.group, err)
-	}
-	// A past deadline wakes a blocked Receive; Close would too, but the caller owns that.
-	stop := context.AfterFunc(ctx, func() { _ = l.conn.SetReadDeadline(time.Now()) })
+	stop := context.AfterFunc(ctx, l.Wake)
 	defer stop()
-	for ctx.Err() == nil {
-		msgs, err := l.conn.Receive()
-		switch {
-		case ctx.Err() != nil || l.closed.Load():
-			return nil
-		case errors.Is(err, unix.ENOBUFS):
-			n := l.overruns.Add(1)
-			l.log.Warn("NFLOG socket buffer overran: the kernel dropped logged packets", zap.Uint64("overruns", n))
-			continue
-		case err != nil:
-			return fmt.Errorf("receive from NFLOG group %d: %w", l.group, err)
-		}
-		for _, m := range msgs {
-			if m.Header.Type != nflogPacketType {
-				continue
-			}
-			lg, ok := parseNFLOGPacket(m.Data)
-			if !ok {
-				n := l.malformed.Add(1)
-				l.log.Warn("skipped malformed NFLOG message", zap.Uint64("malformed", n))
-				continue
-			}
-			handle(lg)
+	for ctx.Err() == nil && !l.closed.Load() {
+		if err := l.Read(time.Time{}, handle); err != nil {
+			return err
 		}
 	}
 	return nil
 }
+
+// Read hands handle each logged packet that arrives until deadline (the
+// zero time: none), Wake is called, or Close is: then it returns nil. Its
+// packets alias one buffer that it reuses, so reading allocates nothing;
+// handle must copy what it keeps. ENOBUFS (the socket buffer overran: the
+// kernel dropped log messages) is counted, logged at most once a second
+// with the running total, and is never fatal. It is meant for one
+// goroutine, the socket's owner.
+func (l *NFLOG) Read(deadline time.Time, handle func(Logged)) error {
+	if err := l.conn.SetReadDeadline(deadline); err != nil {
+		if l.closed.Load() {
+			return nil
+		}
+		return fmt.Errorf("NFLOG group %d: %w", l.group, err)
+	}
+	if l.woken.Swap(false) {
+		return nil
+	}
+	rc, err := l.conn.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("NFLOG group %d: %w", l.group, err)
+	}
+	for {
+		var n int
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			n, _, rerr = unix.Recvfrom(int(fd), l.buf, unix.MSG_DONTWAIT)
+			return rerr != unix.EAGAIN && rerr != unix.EINTR
+		})
+		switch {
+		case l.closed.Load():
+			return nil
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			l.woken.Store(false)
+			return nil
+		case err != nil:
+			return fmt.Errorf("receive from NFLOG group %d: %w", l.group, err)
+		case rerr == unix.ENOBUFS:
+			l.overrun()
+			continue
+		case rerr != nil:
+			return fmt.Errorf("receive from NFLOG group %d: %w", l.group, rerr)
+		}
+		l.messages(l.buf[:n], handle)
+	}
+}
+
+// Wake makes a Read under way return, or the next one return at once. It
+// is safe from any goroutine.
+func (l *NFLOG) Wake() {
+	l.woken.Store(true)
+	_ = l.conn.SetReadDeadline(time.Now())
+}
+
+// overrun counts an ENOBUFS, logging at most a line a second.
+func (l *NFLOG) overrun() {
+	n := l.overruns.Add(1)
+	now := time.Now()
+	if now.Sub(l.lastOverrunLog) < time.Second {
+		return
+	}
+	l.lastOverrunLog = now
+	l.log.Warn("NFLOG socket buffer overran: the kernel dropped logged packets", zap.Uint64("overruns", n))
+}
+
+// messages walks the netlink messages of one datagram, handing on the
+// logged packets. The kernel wrote them, but they are read as carefully
+// as anything from a socket: what does not parse is counted and skipped.
+func (l *NFLOG) messages(b []byte, handle func(Logged)) {
+	for len(b) >= nlmsgHeader {
+		n := int(binary.NativeEndian.Uint32(b))
+		typ := netlink.HeaderType(binary.NativeEndian.Uint16(b[4:]))
+		if n < nlmsgHeader || n > len(b) {
+			l.malformed.Add(1)
+			return
+		}
+		if typ == nflogPacketType {
+			lg, ok := parseNFLOGPacket(b[nlmsgHeader:n])
+			if ok {
+				handle(lg)
+			} else if m := l.malformed.Add(1); m&(m-1) == 0 {
+				l.log.Warn("skipped malformed NFLOG message", zap.Uint64("malformed", m))
+			}
+		}
+		b = b[min((n+3)&^3, len(b)):]
+	}
+}
+
+// nlmsgHeader is the size of struct nlmsghdr.
+const nlmsgHeader = 16
 
 // parseNFLOGPacket walks the attributes of an NFULNL_MSG_PACKET body. It does
 // not use netlink.AttributeDecoder because that copies every attribute; the

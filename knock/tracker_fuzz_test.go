@@ -23,13 +23,13 @@ func FuzzTracker(f *testing.F) {
 	f.Add([]byte{0, 1, 2, 0xff, 0x20, 5, 2, 1, 0x20, 6, 0, 1, 0, 0, 2, 0xff, 0x20, 2, 2, 1})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ssh := sshDoor()
-		ssh.CloseSequence = []config.Port{{Num: 9100, Proto: config.TCP}, {Num: 64, Proto: config.ICMP}}
+		ssh.Close = []config.Port{{Num: 9100, Proto: config.TCP}, {Num: 64, Proto: config.ICMP}}
 		vpn := sshDoor()
-		vpn.Name, vpn.TCPFlags = "vpn", config.TCPFlags{Mask: FlagFIN, Want: FlagFIN}
-		vpn.Sequence = []config.Port{{Num: 9000, Proto: config.TCP}, {Num: 7000, Proto: config.TCP}}
+		vpn.name, vpn.TCPFlags = "vpn", config.TCPFlags{Mask: FlagFIN, Want: FlagFIN}
+		vpn.Slots = [][]config.Port{{{Num: 9000, Proto: config.TCP}, {Num: 7000, Proto: config.TCP}}}
 		rot := sshDoor()
-		rot.Name, rot.Sequence, rot.RotateEvery = "rot", nil, 30*time.Second
-		doors := []config.Door{ssh, vpn, rot}
+		rot.name, rot.Slots = "rot", [][]config.Port{nil, nil}
+		doors := []namedDoor{ssh, vpn, rot}
 		// What the rotating door's two slots follow now.
 		var rotSeqs [2][]config.Port
 		rotChoices := [][]config.Port{nil, {{Num: 7000, Proto: config.TCP}, {Num: 1234, Proto: config.TCP}},
@@ -37,8 +37,7 @@ func FuzzTracker(f *testing.F) {
 		const max = 3
 		// lastOpen[src][door] is the packets that moved each source
 		// forward, to check an open against.
-		var events []Event
-		tr := NewTracker(doors, max, func(e Event) { events = append(events, e) })
+		tr := trackerFor(max, doors...)
 		steps := []config.Port{{Num: 7000, Proto: config.TCP}, {Num: 8000, Proto: config.UDP}, {Num: 9000, Proto: config.TCP},
 			{Num: 9100, Proto: config.TCP}, {Num: 64, Proto: config.ICMP}, {Num: 1234, Proto: config.TCP}, {Num: 53, Proto: config.UDP}}
 		now := t0
@@ -63,8 +62,7 @@ func FuzzTracker(f *testing.F) {
 				pkt.TCPFlags = 0
 			}
 			now = now.Add(time.Duration(b[3]) * 50 * time.Millisecond)
-			events = events[:0]
-			tr.Observe(now, pkt)
+			events := tr.Observe(now, pkt)
 			if tr.Len() > max {
 				t.Fatalf("%d sources tracked, max_tracked is %d", tr.Len(), max)
 			}
@@ -83,12 +81,12 @@ func FuzzTracker(f *testing.F) {
 					t.Fatalf("event %+v for packet %+v", e, pkt)
 				}
 				if e.Kind == EventOpen || e.Kind == EventClose {
-					seq := doors[e.Door].Sequence
-					if doors[e.Door].IsRotating() {
+					seq := doors[e.Door].Slots[e.Slot]
+					if e.Door == 2 {
 						seq = rotSeqs[e.Slot]
 					}
 					if e.Close {
-						seq = doors[e.Door].CloseSequence
+						seq = doors[e.Door].Close
 					}
 					last := seq[len(seq)-1]
 					if pkt.Door != e.Door || (config.Port{Num: pkt.DstPort, Proto: pkt.Proto}) != last {

@@ -18,41 +18,50 @@ var (
 	srcA6 = netip.MustParseAddr("2001:db8::10")
 )
 
-func sshDoor() config.Door {
-	return config.Door{
-		Name:       "ssh",
-		Sequence:   []config.Port{{Num: 7000, Proto: config.TCP}, {Num: 8000, Proto: config.UDP}, {Num: 9000, Proto: config.TCP}},
+// namedDoor is a door as the tests write it: a name for the events, and
+// what the Tracker needs.
+type namedDoor struct {
+	name string
+	TrackedDoor
+}
+
+func sshDoor() namedDoor {
+	return namedDoor{"ssh", TrackedDoor{
+		Slots:      [][]config.Port{{{Num: 7000, Proto: config.TCP}, {Num: 8000, Proto: config.UDP}, {Num: 9000, Proto: config.TCP}}},
 		SeqTimeout: 10 * time.Second,
 		TCPFlags:   config.DefaultTCPFlags,
-		Open:       []config.Port{{Num: 22, Proto: config.TCP}},
-		OpenFor:    30 * time.Second,
-	}
+	}}
 }
 
-// recorder keeps the events a Tracker emits as short strings.
+// recorder keeps the events a Tracker returns as short strings.
 type recorder struct {
-	doors  []config.Door
+	doors  []namedDoor
 	events []string
+	opens  []Event
 }
 
-func (r *recorder) emit(e Event) {
-	door := "-"
-	if e.Door >= 0 {
-		door = r.doors[e.Door].Name
+func (r *recorder) record(events []Event) {
+	for _, e := range events {
+		door := "-"
+		if e.Door >= 0 {
+			door = r.doors[e.Door].name
+		}
+		if e.Close {
+			door += "/close"
+		}
+		s := fmt.Sprintf("%s %s %s", e.Kind, door, e.Src)
+		switch {
+		case e.Kind == EventStep:
+			s += fmt.Sprintf(" %d", e.Step)
+		case e.Kind == EventReset && e.Reason == ResetWrongKnock:
+			s += fmt.Sprintf(" at %d got %s want %s", e.Step, e.Got, e.Want)
+		case e.Kind == EventReset:
+			s += fmt.Sprintf(" at %d: %s %s", e.Step, e.Reason, e.Got)
+		case e.Kind == EventOpen:
+			r.opens = append(r.opens, e)
+		}
+		r.events = append(r.events, s)
 	}
-	if e.Close {
-		door += "/close"
-	}
-	s := fmt.Sprintf("%s %s %s", e.Kind, door, e.Src)
-	switch {
-	case e.Kind == EventStep:
-		s += fmt.Sprintf(" %d", e.Step)
-	case e.Kind == EventReset && e.Reason == ResetWrongKnock:
-		s += fmt.Sprintf(" at %d got %s want %s", e.Step, e.Got, e.Want)
-	case e.Kind == EventReset:
-		s += fmt.Sprintf(" at %d: %s %s", e.Step, e.Reason, e.Got)
-	}
-	r.events = append(r.events, s)
 }
 
 func (r *recorder) take() string {
@@ -61,9 +70,26 @@ func (r *recorder) take() string {
 	return s
 }
 
-func newTestTracker(max int, doors ...config.Door) (*Tracker, *recorder) {
+// testTracker records every event its Tracker returns.
+type testTracker struct {
+	*Tracker
+	r *recorder
+}
+
+func (t testTracker) Observe(now time.Time, p *Packet) { t.r.record(t.Tracker.Observe(now, p)) }
+func (t testTracker) Sweep(now time.Time)              { t.r.record(t.Tracker.Sweep(now)) }
+
+func trackerFor(max int, doors ...namedDoor) *Tracker {
+	specs := make([]TrackedDoor, len(doors))
+	for i, d := range doors {
+		specs[i] = d.TrackedDoor
+	}
+	return NewTracker(specs, max, t0)
+}
+
+func newTestTracker(max int, doors ...namedDoor) (testTracker, *recorder) {
 	r := &recorder{doors: doors}
-	return NewTracker(doors, max, r.emit), r
+	return testTracker{trackerFor(max, doors...), r}, r
 }
 
 // syn and udp are knocks as door 0's knock rules log them.
@@ -210,14 +236,11 @@ func TestTrackerEvictsLeastRecentlySeen(t *testing.T) {
 }
 
 func TestTrackerSharedKnockPort(t *testing.T) {
-	vpn := config.Door{
-		Name:       "vpn",
-		Sequence:   []config.Port{{Num: 9000, Proto: config.TCP}, {Num: 7000, Proto: config.TCP}},
+	vpn := namedDoor{"vpn", TrackedDoor{
+		Slots:      [][]config.Port{{{Num: 9000, Proto: config.TCP}, {Num: 7000, Proto: config.TCP}}},
 		SeqTimeout: time.Second,
 		TCPFlags:   config.DefaultTCPFlags,
-		Open:       []config.Port{{Num: 1194, Proto: config.UDP}},
-		OpenFor:    time.Minute,
-	}
+	}}
 	tr, rec := newTestTracker(16, sshDoor(), vpn)
 	// The kernel logs a packet on a shared port once per door's rule.
 	tr.Observe(t0, forDoor(0, syn(srcA, 9000)))
@@ -234,7 +257,7 @@ func TestTrackerSharedKnockPort(t *testing.T) {
 
 func TestTrackerSingleKnockDoor(t *testing.T) {
 	d := sshDoor()
-	d.Sequence = d.Sequence[:1]
+	d.Slots[0] = d.Slots[0][:1]
 	tr, rec := newTestTracker(16, d)
 	tr.Observe(t0, syn(srcA, 7000))
 	if got, want := rec.take(), "open ssh 192.0.2.10"; got != want || tr.Len() != 0 {
@@ -243,11 +266,11 @@ func TestTrackerSingleKnockDoor(t *testing.T) {
 }
 
 // TestTrackerMemoryBounded floods the tracker with far more sources than
-// max_tracked and checks that it never tracks more, and measures what one
-// tracked source costs (README: configuration reference, max_tracked).
+// max_tracked and checks that it never tracks more, and that it takes no
+// memory beyond what it took when it was made.
 func TestTrackerMemoryBounded(t *testing.T) {
 	const max = 4096
-	tr := NewTracker([]config.Door{sshDoor()}, max, func(Event) {})
+	tr := trackerFor(max, sshDoor())
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
@@ -260,16 +283,14 @@ func TestTrackerMemoryBounded(t *testing.T) {
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	perEntry := float64(after.HeapAlloc-before.HeapAlloc) / max
-	t.Logf("heap per tracked source (one door): %.0f bytes", perEntry)
-	if perEntry > 512 {
-		t.Errorf("a tracked source costs %.0f bytes, more than the 512 the README promises", perEntry)
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 64<<10 {
+		t.Errorf("the heap grew by %d bytes during a flood of %d sources: the tracker allocates after it is made", grew, 10*max)
 	}
 	runtime.KeepAlive(tr)
 }
 
 func TestTrackerSteadyPathAllocatesNothing(t *testing.T) {
-	tr := NewTracker([]config.Door{sshDoor()}, 1024, func(Event) {})
+	tr := trackerFor(1024, sshDoor())
 	pkts := []*Packet{syn(srcA, 7000), udp(srcA, 8000), syn(srcA, 9000)}
 	i := 0
 	allocs := testing.AllocsPerRun(1000, func() {
@@ -282,7 +303,7 @@ func TestTrackerSteadyPathAllocatesNothing(t *testing.T) {
 }
 
 func BenchmarkTrackerKnock(b *testing.B) {
-	tr := NewTracker([]config.Door{sshDoor()}, 65536, func(Event) {})
+	tr := trackerFor(65536, sshDoor())
 	pkts := []*Packet{syn(srcA, 7000), udp(srcA, 8000), syn(srcA, 9000)}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
@@ -293,7 +314,7 @@ func BenchmarkTrackerKnock(b *testing.B) {
 // BenchmarkTrackerFlood is the cost per packet of a flood of first knocks
 // from ever new sources with the table full: each one evicts another.
 func BenchmarkTrackerFlood(b *testing.B) {
-	tr := NewTracker([]config.Door{sshDoor()}, 65536, func(Event) {})
+	tr := trackerFor(65536, sshDoor())
 	p := syn(srcA, 7000)
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
@@ -304,7 +325,7 @@ func BenchmarkTrackerFlood(b *testing.B) {
 
 func TestTrackerCloseSequence(t *testing.T) {
 	d := sshDoor()
-	d.CloseSequence = []config.Port{{Num: 9100, Proto: config.TCP}, {Num: 9200, Proto: config.UDP}}
+	d.Close = []config.Port{{Num: 9100, Proto: config.TCP}, {Num: 9200, Proto: config.UDP}}
 	tr, rec := newTestTracker(16, d)
 	tr.Observe(t0, syn(srcA, 9100))
 	tr.Observe(t0, udp(srcA, 9200))
@@ -322,7 +343,7 @@ func TestTrackerCloseSequence(t *testing.T) {
 func TestTrackerTCPFlags(t *testing.T) {
 	d := sshDoor()
 	d.TCPFlags = config.TCPFlags{Mask: FlagFIN | FlagACK, Want: FlagFIN} // "fin,!ack"
-	d.Sequence = []config.Port{{Num: 7000, Proto: config.TCP}, {Num: 8000, Proto: config.TCP}}
+	d.Slots[0] = []config.Port{{Num: 7000, Proto: config.TCP}, {Num: 8000, Proto: config.TCP}}
 	tr, rec := newTestTracker(16, d)
 	fin := func(port uint16) *Packet {
 		return &Packet{Src: srcA, Proto: config.TCP, DstPort: port, TCPFlags: FlagFIN}
@@ -338,8 +359,8 @@ func TestTrackerTCPFlags(t *testing.T) {
 
 func TestTrackerKnockOnAnotherDoorResets(t *testing.T) {
 	vpn := sshDoor()
-	vpn.Name = "vpn"
-	vpn.Sequence = []config.Port{{Num: 6000, Proto: config.UDP}, {Num: 6001, Proto: config.UDP}}
+	vpn.name = "vpn"
+	vpn.Slots = [][]config.Port{{{Num: 6000, Proto: config.UDP}, {Num: 6001, Proto: config.UDP}}}
 	tr, rec := newTestTracker(16, sshDoor(), vpn)
 	tr.Observe(t0, syn(srcA, 7000))
 	tr.Observe(t0, forDoor(1, udp(srcA, 6000)))
@@ -377,17 +398,8 @@ func TestTrackerSetSequence(t *testing.T) {
 // names the slot, and replacing one slot leaves progress through the other.
 func TestTrackerRotatingSlots(t *testing.T) {
 	d := sshDoor()
-	d.Sequence = nil
-	d.RotateEvery = 30 * time.Second
-	d.SequencePorts = config.Port{Num: 20000, Last: 40000, Proto: config.TCP}
-	var slots []int
-	rec := &recorder{doors: []config.Door{d}}
-	tr := NewTracker([]config.Door{d}, 16, func(e Event) {
-		rec.emit(e)
-		if e.Kind == EventOpen {
-			slots = append(slots, e.Slot)
-		}
-	})
+	d.Slots = [][]config.Port{nil, nil}
+	tr, rec := newTestTracker(16, d)
 	prev := []config.Port{{Num: 21000, Proto: config.TCP}, {Num: 22000, Proto: config.TCP}, {Num: 23000, Proto: config.TCP}}
 	cur := []config.Port{{Num: 31000, Proto: config.TCP}, {Num: 32000, Proto: config.TCP}, {Num: 33000, Proto: config.TCP}}
 	// Before any SetSequence, nothing opens a rotating door.
@@ -417,8 +429,8 @@ func TestTrackerRotatingSlots(t *testing.T) {
 	if got := rec.take(); got != want {
 		t.Errorf("events\n %q, want\n %q", got, want)
 	}
-	if len(slots) != 2 || slots[0] != 1 || slots[1] != 1 {
-		t.Errorf("opens came from slots %v, want [1 1]", slots)
+	if len(rec.opens) != 2 || rec.opens[0].Slot != 1 || rec.opens[1].Slot != 1 {
+		t.Errorf("opens came from slots %+v, want 1 and 1", rec.opens)
 	}
 	// A used-up slot opens nothing.
 	tr.SetSequence(0, 1, nil)
@@ -427,5 +439,36 @@ func TestTrackerRotatingSlots(t *testing.T) {
 	}
 	if got := rec.take(); got != "" {
 		t.Errorf("used-up sequence: events %q", got)
+	}
+}
+
+// TestTrackerIndexStaysConsistent churns the tracker's address index with
+// a small address space (so probes collide and wrap, and deletions shift
+// entries back) and checks after every packet that each tracked source is
+// found where the index says, and that the index holds nothing else.
+func TestTrackerIndexStaysConsistent(t *testing.T) {
+	tr := trackerFor(8, sshDoor())
+	rng := uint32(1)
+	for i := range 20000 {
+		rng = rng*1664525 + 1013904223
+		src := netip.AddrFrom4([4]byte{10, 0, byte(rng >> 28), byte(rng >> 24)})
+		ports := []*Packet{syn(src, 7000), udp(src, 8000), syn(src, 9000), scanned(syn(src, 1))}
+		tr.Observe(t0, ports[(rng>>8)%4])
+		n := 0
+		for s := tr.head; s != 0; s = tr.sources[s].next {
+			n++
+			if got := tr.lookup(tr.sources[s].key, tr.sources[s].hash); got != s {
+				t.Fatalf("packet %d: source %s is in slot %d but the index finds %d", i, tr.sources[s].key.addr(), s, got)
+			}
+		}
+		used := 0
+		for _, s := range tr.index {
+			if s != 0 {
+				used++
+			}
+		}
+		if n != tr.Len() || used != n {
+			t.Fatalf("packet %d: %d sources listed, Len %d, %d index entries", i, n, tr.Len(), used)
+		}
 	}
 }

@@ -1,38 +1,39 @@
 package nft
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/google/nftables"
-
-	"github.com/nftknock/nftknock/config"
 )
 
-// BenchmarkGrant measures Grant against the kernel of a scratch namespace,
-// over the Firewall's lasting socket: "refresh" grants the same source again
-// and again (batch {delete, add}), "new" a new source each time ({add}).
+// BenchmarkGrant measures a grant as the gate writes it (Put of one
+// element) against the kernel of a scratch namespace, over the Firewall's
+// lasting socket: "refresh" grants the same source again and again (its
+// timer restarts), "new" a new source each time.
 func BenchmarkGrant(b *testing.B) {
 	ns := newNetns(b)
 	f := ns.open(b, "nftknock")
-	if err := f.Install(defaultConfig()); err != nil {
+	if _, err := f.Install(defaultPlan("nftknock")); err != nil {
 		b.Fatal(err)
+	}
+	put := func(addr netip.Addr, live bool) {
+		if _, first, err := f.Put("ssh_v4", []Element{{Key: addr.AsSlice(), Timeout: time.Minute, Live: live}}); err != nil || first != nil {
+			b.Fatal(err, first)
+		}
 	}
 	b.Run("refresh", func(b *testing.B) {
 		addr := mustAddr("192.0.2.1")
 		for b.Loop() {
-			if err := f.Grant("ssh", addr, time.Minute); err != nil {
-				b.Fatal(err)
-			}
+			put(addr, true)
 		}
 	})
 	b.Run("new", func(b *testing.B) {
 		addr := mustAddr("10.0.0.0")
 		for b.Loop() {
 			addr = addr.Next()
-			if err := f.Grant("ssh", addr, time.Minute); err != nil {
-				b.Fatal(err)
-			}
+			put(addr, false)
 		}
 	})
 }
@@ -43,17 +44,14 @@ func BenchmarkGrant(b *testing.B) {
 func BenchmarkGrantSocketPerOp(b *testing.B) {
 	ns := newNetns(b)
 	f := ns.open(b, "nftknock")
-	if err := f.Install(defaultConfig()); err != nil {
+	if _, err := f.Install(defaultPlan("nftknock")); err != nil {
 		b.Fatal(err)
 	}
 	addr := mustAddr("192.0.2.1")
 	if err := f.Grant("ssh", addr, time.Minute); err != nil {
 		b.Fatal(err)
 	}
-	set, err := f.doorSet("ssh", addr)
-	if err != nil {
-		b.Fatal(err)
-	}
+	set := ssh4(f)
 	c, err := nftables.New(nftables.WithNetNSFd(ns.FD))
 	if err != nil {
 		b.Fatal(err)
@@ -71,18 +69,18 @@ func BenchmarkGrantSocketPerOp(b *testing.B) {
 	}
 }
 
-// BenchmarkRotate is a window turn of a rotating door: both port sets
-// flushed and refilled in one batch.
+// BenchmarkRotate is a window turn of a rotating door: a port set flushed
+// and refilled in one batch.
 func BenchmarkRotate(b *testing.B) {
 	ns := newNetns(b)
 	f := ns.open(b, "nftknock")
-	if err := f.Install(doorsConfig()); err != nil {
+	if _, err := f.Install(planOf("nftknock", sshDoor(), rotDoor())); err != nil {
 		b.Fatal(err)
 	}
-	seqs := [][][]config.Port{rotSeqs, {rotSeqs[1], {tcp(33000), tcp(34000), tcp(35000)}}}
+	sets := [][][]byte{{{0x61, 0xa8}, {0x79, 0x18}}, {{0x75, 0x30}, {0x84, 0xd0}}}
 	i := 0
 	for b.Loop() {
-		if err := f.Rotate("rot", seqs[i%2]); err != nil {
+		if err := f.Replace("rot_first", sets[i%2]); err != nil {
 			b.Fatal(err)
 		}
 		i++

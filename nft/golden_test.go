@@ -16,7 +16,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/nft/plan"
 )
 
 var update = flag.Bool("update", false, "rewrite nft/testdata/*.golden from the current code")
@@ -78,27 +78,31 @@ func nftMsg(t int) netlink.HeaderType {
 	return netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | t)
 }
 
+// TestGoldenInstall pins the netlink messages of Install, byte for byte,
+// for plans of each kind of door: the queries it makes of the table (here
+// an empty one), then one batch. The "doors" case then replaces a port
+// set: one batch that flushes and refills it.
 func TestGoldenInstall(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		cfg  *config.Config
+		plan *plan.Plan
 		// then runs after Install; its messages are pinned too.
 		then func(f *Firewall) error
 	}{
-		{"default", defaultConfig(), nil},
-		{"shared", sharedConfig(), nil},
-		// An SPA door and a rotating door, then a rotation: one batch
-		// that flushes and refills both of the door's port sets.
-		{"doors", doorsConfig(), func(f *Firewall) error { return f.Rotate("rot", rotSeqs) }},
+		{"default", defaultPlan("nftknock"), nil},
+		{"shared", sharedPlan("nftknock"), nil},
+		{"doors", planOf("nftknock", sshDoor(), vpnDoor(), rotDoor()), func(f *Firewall) error {
+			return f.Replace("rot_first", [][]byte{{0x61, 0xa8}, {0x79, 0x18}})
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			k := &fakeKernel{table: tc.cfg.Table}
-			f, err := Open(tc.cfg.Table, nftables.WithTestDial(k.dial))
+			k := &fakeKernel{table: tc.plan.Table}
+			f, err := Open(tc.plan.Table, nftables.WithTestDial(k.dial))
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			if err := f.Install(tc.cfg); err != nil {
+			if _, err := f.Install(tc.plan); err != nil {
 				t.Fatal(err)
 			}
 			if tc.then != nil {
@@ -116,12 +120,13 @@ func TestGoldenInstall(t *testing.T) {
 	}
 }
 
-// TestGoldenGrant pins, for each grant mode, the batches of a first grant
+// TestGoldenPut pins, for each grant mode, the batches of a first grant
 // and of a grant again while the element is live: in the update mode one
 // NEWSETELEM with timeout and expiration both times; in the destroy mode
 // {DESTROYSETELEM, NEWSETELEM} both times; in the legacy mode {add}, then
-// {delete, add}.
-func TestGoldenGrant(t *testing.T) {
+// {delete, add}. Then a restore of an element with 12.5 s left of its 30 s:
+// timeout and expiration in every mode.
+func TestGoldenPut(t *testing.T) {
 	for _, mode := range []grantMode{grantUpdate, grantDestroy, grantLegacy} {
 		t.Run(mode.String(), func(t *testing.T) {
 			k := &fakeKernel{table: "nftknock"}
@@ -131,21 +136,20 @@ func TestGoldenGrant(t *testing.T) {
 			}
 			defer f.Close()
 			f.mode = mode
-			if err := f.Install(defaultConfig()); err != nil {
-				t.Fatal(err)
-			}
-			k.sent = nil
-			addr := mustAddr("::ffff:192.0.2.1") // 4in6: goes to the IPv4 set
-			if err := f.Grant("ssh", addr, 30*time.Second); err != nil {
-				t.Fatal(err)
-			}
-			if err := f.Grant("ssh", addr, 30*time.Second); err != nil {
-				t.Fatal(err)
+			key := mustAddr("192.0.2.1").AsSlice()
+			for _, e := range []Element{
+				{Key: key, Timeout: 30 * time.Second},
+				{Key: key, Timeout: 30 * time.Second, Live: true},
+				{Key: key, Timeout: 30 * time.Second, Expires: 12500 * time.Millisecond},
+			} {
+				if _, first, err := f.Put("ssh_v4", []Element{e}); err != nil || first != nil {
+					t.Fatal(err, first)
+				}
 			}
 			got := renderMessages(k.sent)
-			path := filepath.Join("testdata", "grant_"+strings.ReplaceAll(mode.String(), "+", "_")+".golden")
+			path := filepath.Join("testdata", "put_"+strings.ReplaceAll(mode.String(), "+", "_")+".golden")
 			if want := golden(t, path, got); got != want {
-				t.Errorf("Grant sent other messages than %s:\n%s", path, firstDiff(want, got))
+				t.Errorf("Put sent other messages than %s:\n%s", path, firstDiff(want, got))
 			}
 		})
 	}

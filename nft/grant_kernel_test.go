@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/nftknock/nftknock/nft/plan"
 )
 
 // TestGrantModeFor: the kernel release picks how Grant restarts a timer.
@@ -57,7 +59,7 @@ func TestKernelGrantOneBatch(t *testing.T) {
 		}},
 		{"flushed set", func(t *testing.T, f *Firewall, ns *netns, addr string) *Firewall {
 			grant(t, f, "ssh", addr, long)
-			ns.Run(t, "", "nft", "flush", "set", "inet", "nftknock", SetName("ssh", mustAddr(addr).Is6()))
+			ns.Run(t, "", "nft", "flush", "set", "inet", "nftknock", plan.SetName("ssh", mustAddr(addr).Is6()))
 			return f
 		}},
 		{"tool", func(t *testing.T, f *Firewall, ns *netns, addr string) *Firewall {
@@ -80,7 +82,7 @@ func TestKernelGrantOneBatch(t *testing.T) {
 				ns := newNetns(t)
 				f := ns.open(t, "nftknock")
 				f.mode = mode
-				install(t, f, defaultConfig())
+				install(t, f, defaultPlan("nftknock"))
 				for _, addr := range []string{"192.0.2.1", "2001:db8::1"} {
 					g := p.setup(t, f, ns, addr)
 					g.mode = mode

@@ -4,9 +4,8 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/google/nftables"
-
 	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/nft/plan"
 )
 
 func tcp(n uint16) config.Port { return config.Port{Num: n, Proto: config.TCP} }
@@ -14,74 +13,78 @@ func udp(n uint16) config.Port { return config.Port{Num: n, Proto: config.UDP} }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
-// defaultConfig is the shipped example: door ssh knocks 7000/tcp, 8000/udp,
-// 9000/tcp and opens 22/tcp.
-func defaultConfig() *config.Config {
-	return &config.Config{
-		File:       "test.toml",
-		NFLOGGroup: config.DefaultNFLOGGroup,
-		Table:      config.DefaultTable,
-		MaxTracked: config.DefaultMaxTracked,
-		Doors: []config.Door{{
-			Name:       "ssh",
-			Sequence:   []config.Port{tcp(7000), udp(8000), tcp(9000)},
-			SeqTimeout: 10 * time.Second,
-			TCPFlags:   config.DefaultTCPFlags,
-			Open:       []config.Port{tcp(22)},
-			OpenFor:    30 * time.Second,
-		}},
+// testDoor is a door as these tests lay it out: its gate and what it has
+// the kernel capture, as a knock, SPA or rotating door would say it.
+type testDoor struct {
+	gate      plan.Door
+	knocks    []plan.Knock
+	datagram  *config.Port
+	rotating  *plan.RotatingKnocks
+	maxGrants int
+}
+
+func knockOf(step config.Port, label string, watch plan.Watch, seqTimeout time.Duration) plan.Knock {
+	return plan.Knock{Step: step, When: plan.DoorMatch("", config.DefaultTCPFlags, step.Proto), Label: label, Watch: watch, SeqTimeout: seqTimeout}
+}
+
+// sshDoor is the shipped default door: knocks 7000/tcp, 8000/udp,
+// 9000/tcp, opens 22/tcp.
+func sshDoor() testDoor {
+	return testDoor{
+		gate: plan.Door{Name: "ssh", Open: []config.Port{tcp(22)}, MaxGrants: config.DefaultMaxGrants},
+		knocks: []plan.Knock{
+			knockOf(tcp(7000), "knock 1 of 3", plan.WatchFirst, 10*time.Second),
+			knockOf(udp(8000), "knock 2 of 3", plan.WatchNext, 10*time.Second),
+			knockOf(tcp(9000), "knock 3 of 3", plan.WatchNone, 10*time.Second),
+		},
 	}
 }
 
-// sharedConfig has two doors that share an opened port (22/tcp) and a knock
-// port (9000/tcp: step 3 of ssh, step 1 of admin).
-func sharedConfig() *config.Config {
-	cfg := defaultConfig()
-	cfg.Doors = append(cfg.Doors, config.Door{
-		Name:       "admin",
-		Sequence:   []config.Port{tcp(9000), udp(7001)},
-		SeqTimeout: 5 * time.Second,
-		TCPFlags:   config.DefaultTCPFlags,
-		Open:       []config.Port{tcp(22), tcp(8443)},
-		OpenFor:    time.Hour,
-	})
-	return cfg
+// adminDoor shares an opened port (22/tcp) and a knock port (9000/tcp:
+// step 3 of ssh, step 1 of admin) with sshDoor.
+func adminDoor() testDoor {
+	return testDoor{
+		gate: plan.Door{Name: "admin", Open: []config.Port{tcp(22), tcp(8443)}, MaxGrants: config.DefaultMaxGrants},
+		knocks: []plan.Knock{
+			knockOf(tcp(9000), "knock 1 of 2", plan.WatchFirst, 5*time.Second),
+			knockOf(udp(7001), "knock 2 of 2", plan.WatchNone, 5*time.Second),
+		},
+	}
 }
 
-// elem is a one-element list for the library's set calls.
-func elem(addr string, timeout time.Duration) []nftables.SetElement {
-	return []nftables.SetElement{{Key: mustAddr(addr).AsSlice(), Timeout: timeout}}
+// vpnDoor is an SPA door on 62201/udp; rotDoor a rotating door on
+// 20000-40000/tcp whose sets hold rotSeqs' knocks.
+func vpnDoor() testDoor {
+	p := udp(62201)
+	return testDoor{gate: plan.Door{Name: "vpn", Open: []config.Port{udp(1194)}, MaxGrants: config.DefaultMaxGrants}, datagram: &p}
 }
 
-// doorsConfig has a door of each kind besides the fixed knock: an SPA door
-// (vpn, 62201/udp) and a rotating door (rot, 20000-40000/tcp).
-func doorsConfig() *config.Config {
-	cfg := defaultConfig()
-	cfg.Doors = append(cfg.Doors, config.Door{
-		Name:      "vpn",
-		SPAPort:   udp(62201),
-		Key:       make([]byte, 32),
-		SPAMaxAge: 30 * time.Second,
-		TCPFlags:  config.DefaultTCPFlags,
-		Open:      []config.Port{udp(1194)},
-		OpenFor:   time.Minute,
-	}, config.Door{
-		Name:           "rot",
-		SequenceKey:    make([]byte, 32),
-		SequenceLength: 3,
-		SequencePorts:  config.Port{Num: 20000, Last: 40000, Proto: config.TCP},
-		RotateEvery:    30 * time.Second,
-		SeqTimeout:     10 * time.Second,
-		TCPFlags:       config.DefaultTCPFlags,
-		Open:           []config.Port{tcp(2222)},
-		OpenFor:        30 * time.Second,
-	})
-	return cfg
+func rotDoor() testDoor {
+	r := config.Port{Num: 20000, Last: 40000, Proto: config.TCP}
+	return testDoor{
+		gate: plan.Door{Name: "rot", Open: []config.Port{tcp(2222)}, MaxGrants: config.DefaultMaxGrants},
+		rotating: &plan.RotatingKnocks{Range: r, When: plan.DoorMatch("", config.DefaultTCPFlags, config.TCP), SeqTimeout: 10 * time.Second,
+			First: []uint16{25000, 31000}, Next: []uint16{21111, 22222, 36000}},
+	}
 }
 
-// rotSeqs are two windows' sequences for doorsConfig's rot door; 25000 is
-// the first knock of one and a later knock of the other.
-var rotSeqs = [][]config.Port{
-	{tcp(31000), tcp(25000), tcp(22222)},
-	{tcp(25000), tcp(36000), tcp(21111)},
+// planOf lays out doors in table, with every prefix tagged 1.
+func planOf(table string, doors ...testDoor) *plan.Plan {
+	b := plan.NewBuilder(table, config.DefaultNFLOGGroup, func(door string) string { return door + "/1" })
+	for _, d := range doors {
+		b.Door(d.gate)
+		for _, k := range d.knocks {
+			b.Knock(d.gate.Name, k)
+		}
+		if d.datagram != nil {
+			b.Datagram(d.gate.Name, *d.datagram, nil)
+		}
+		if d.rotating != nil {
+			b.RotatingKnocks(d.gate.Name, *d.rotating)
+		}
+	}
+	return b.Build()
 }
+
+func defaultPlan(table string) *plan.Plan { return planOf(table, sshDoor()) }
+func sharedPlan(table string) *plan.Plan  { return planOf(table, sshDoor(), adminDoor()) }

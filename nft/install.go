@@ -2,179 +2,137 @@ package nft
 
 import (
 	"fmt"
-	"net/netip"
-	"time"
+	"reflect"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
 
-	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/nft/plan"
 )
 
-// Install makes the table hold exactly the ruleset of cfg, in one atomic
-// batch: the kernel applies all of it or, if any part fails, none of it, and
-// the previous ruleset stays as it was.
+// Install makes the table hold exactly p, in one atomic batch: the kernel
+// applies all of it or, if any part fails, none of it, and the previous
+// ruleset stays as it was.
 //
-// On a fresh start it adds the table, two sets per door and the input chain
-// with its rules. If the table already exists (a daemon restart, or a reload
-// with a changed config), the same batch also deletes every chain of the
-// table and every set that is not the set of a configured door, and
-// re-adds the chain; the sets of doors that are still configured are left
-// untouched, so their elements keep exactly the time they had left: a
-// restart neither revokes nor extends a grant. The table is the daemon's
-// alone; no other table is touched. (Named objects or flowtables someone
-// added to the table by hand are left alone: nothing here uses them.)
-func (f *Firewall) Install(cfg *config.Config) error {
-	if err := f.install(cfg); err != nil {
-		return fmt.Errorf("install table %q: %w", f.table.Name, err)
+// On a fresh start it adds the table, the sets and the chains with their
+// rules. If the table already exists (a restart, a reload with a changed
+// config, a heal), the same batch also deletes every chain of the table and
+// every set that is not in p, or is in p in another shape (someone edited
+// it by hand), and adds the chains anew. The grant and dynamic sets that p
+// has in the shape they have are left as they are, with their elements and
+// exactly the time those have left: a restart neither revokes nor extends
+// a grant. Kept reports which sets stayed; a grant set that did not is
+// empty, and the caller puts back what it knows of its grants. The table
+// is the daemon's alone; no other table is touched.
+func (f *Firewall) Install(p *plan.Plan) (kept map[string]bool, err error) {
+	kept, err = f.install(p)
+	if err != nil {
+		return nil, fmt.Errorf("install table %q: %w", f.table.Name, err)
 	}
-	return nil
+	return kept, nil
 }
 
-func (f *Firewall) install(cfg *config.Config) error {
-	if cfg.Table != "" && cfg.Table != f.table.Name {
-		return fmt.Errorf("config names table %q", cfg.Table)
+func (f *Firewall) install(p *plan.Plan) (map[string]bool, error) {
+	if p.Table != f.table.Name {
+		return nil, fmt.Errorf("the plan is for table %q", p.Table)
 	}
 	c, err := f.c()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	chains, sets, err := f.current(c)
 	if err != nil {
 		f.reset()
-		return err
+		return nil, err
 	}
-
-	wantSets := planSets(cfg)
-	for i, spec := range wantSets {
-		if spec.role == roleRotation {
-			k := f.rotation[spec.door]
-			ports := k.first
-			if spec.name == NextSetName(spec.door) {
-				ports = k.next
-			}
-			wantSets[i].elements = portElements(ports)
-		}
-	}
-	rules := planRules(cfg, wantSets)
-	want := make(map[string]setSpec, len(wantSets))
-	for _, s := range wantSets {
-		want[s.name] = s
-	}
-	keep := map[string]bool{}
+	kept := map[string]bool{}
 	for _, s := range sets {
-		if spec, ok := want[s.Name]; ok && fits(s, spec) {
-			keep[s.Name] = true
+		if i := slices.IndexFunc(p.Sets, func(ps plan.Set) bool { return ps.Name == s.Name }); i >= 0 && fits(s, &p.Sets[i]) {
+			kept[s.Name] = true
 		}
 	}
+	batch, err := f.installBatch(p, chains, sets, kept)
+	if err == nil {
+		err = f.sendBatch(batch)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return kept, nil
+}
 
-	// Seed the mirror from the sets that stay. Nothing else writes to
-	// them between this read and the batch: the table is ours alone.
-	seeds := map[grantKey]time.Time{}
-	seedTimeouts := map[grantKey]time.Duration{}
-	for _, spec := range wantSets {
-		if !keep[spec.name] || spec.role != roleGrant {
-			continue
+// BatchBytes is the size of the batch that installs p in an empty table:
+// what -check holds against MaxBatch, so that a config that passes -check
+// installs. It talks to no kernel.
+func BatchBytes(p *plan.Plan) (int, error) {
+	f := &Firewall{table: &nftables.Table{Name: p.Table, Family: nftables.TableFamilyINet}}
+	batch, err := f.installBatch(p, nil, nil, nil)
+	if err != nil {
+		return 0, err
+	}
+	return batchBytes(batch), nil
+}
+
+// installBatch builds the batch that turns the table holding chains and
+// sets into p, keeping the sets in kept.
+func (f *Firewall) installBatch(p *plan.Plan, chains []*nftables.Chain, sets []*nftables.Set, kept map[string]bool) ([]netlink.Message, error) {
+	return f.build(func(c *nftables.Conn) error {
+		c.AddTable(f.table)
+		// Order matters within the batch: rules go first (they hold
+		// references to sets and chains), then sets, then chains.
+		for _, ch := range chains {
+			c.FlushChain(ch)
 		}
-		elems, err := f.elements(spec.name)
-		if err != nil {
-			return fmt.Errorf("read set %s: %w", spec.name, err)
-		}
-		// The clock is read after the kernel reported the time left,
-		// so the mirror's expiry is not earlier than the kernel's.
-		now := f.now()
-		for _, e := range elems {
-			addr, ok := netip.AddrFromSlice(e.Key)
-			if spec.anyone() {
-				addr, ok = anyoneAddr(e.Key)
+		for _, s := range sets {
+			if !kept[s.Name] {
+				c.DelSet(s)
 			}
-			if !ok {
+		}
+		for _, ch := range chains {
+			c.DelChain(ch)
+		}
+		for i := range p.Sets {
+			s := &p.Sets[i]
+			if kept[s.Name] {
 				continue
 			}
-			var exp time.Time // zero: an element without timeout
-			if e.Timeout != 0 {
-				exp = now.Add(e.Expires)
+			if err := c.AddSet(newSet(f.table, s), s.Elements); err != nil {
+				return fmt.Errorf("add set %s: %w", s.Name, err)
 			}
-			seeds[grantKey{spec.door, addr}] = exp
-			seedTimeouts[grantKey{spec.door, addr}] = e.Timeout
 		}
-	}
-
-	// Grants the mirror knows in sets this batch creates anew (someone
-	// deleted the table or a set): they go back in, in this same batch,
-	// with the time they had left. v0.3.0 cannot send that time, so the
-	// batch is then built on a capturing Conn and sent by commit (heal.go).
-	restore := f.restorable(wantSets, keep)
-	var capt *capture
-	if len(restore) > 0 {
-		capt = newCapture()
-		c = capt.conn
-	}
-
-	// Build the batch; c queues messages until flush.
-	c.AddTable(f.table)
-	// Order matters within the batch: rules go first (they hold
-	// references to sets and chains), then sets (a verdict map may hold
-	// jumps to chains), then chains.
-	for _, ch := range chains {
-		c.FlushChain(ch)
-	}
-	for _, s := range sets {
-		if !keep[s.Name] {
-			c.DelSet(s)
+		for _, pc := range p.Chains {
+			ch := c.AddChain(baseChain(f.table, &pc))
+			for _, r := range pc.Rules {
+				c.AddRule(&nftables.Rule{
+					Table:    f.table,
+					Chain:    ch,
+					Exprs:    r.Exprs,
+					UserData: userdata.AppendString(nil, userdata.TypeComment, r.Comment),
+				})
+			}
 		}
-	}
-	for _, ch := range chains {
-		c.DelChain(ch)
-	}
-	for _, spec := range wantSets {
-		if keep[spec.name] {
-			continue
-		}
-		if err := c.AddSet(newSet(f.table, spec), spec.elements); err != nil {
-			f.reset()
-			return fmt.Errorf("add set %s: %w", spec.name, err)
-		}
-	}
-	accept := nftables.ChainPolicyAccept
-	chain := c.AddChain(&nftables.Chain{
-		Name:     chainName,
-		Table:    f.table,
-		Type:     nftables.ChainTypeFilter,
-		Hooknum:  nftables.ChainHookInput,
-		Priority: nftables.ChainPriorityRef(chainPriority),
-		Policy:   &accept,
+		return nil
 	})
-	for _, r := range rules {
-		c.AddRule(&nftables.Rule{
-			Table:    f.table,
-			Chain:    chain,
-			Exprs:    r.exprs,
-			UserData: userdata.AppendString(nil, userdata.TypeComment, r.comment),
-		})
-	}
-	if err := f.commit(c, capt, restore); err != nil {
-		return err
-	}
+}
 
-	f.doors = f.doors[:0]
-	f.anyone = map[string]bool{}
-	f.rotating = map[string]bool{}
-	for _, d := range cfg.Doors {
-		f.anyone[d.Name] = d.OpenToAnyone
-		f.rotating[d.Name] = d.IsRotating()
-		f.doors = append(f.doors, d.Name)
+func baseChain(t *nftables.Table, pc *plan.Chain) *nftables.Chain {
+	accept := nftables.ChainPolicyAccept
+	hook := nftables.ChainHookInput
+	if pc.Hook == plan.HookForward {
+		hook = nftables.ChainHookForward
 	}
-	f.mirror = seeds
-	f.timeouts = seedTimeouts
-	f.nrules = len(rules)
-	f.sets = f.sets[:0]
-	for _, s := range wantSets {
-		f.sets = append(f.sets, s.name)
+	return &nftables.Chain{
+		Name:     pc.Name,
+		Table:    t,
+		Type:     nftables.ChainTypeFilter,
+		Hooknum:  hook,
+		Priority: nftables.ChainPriorityRef(nftables.ChainPriority(pc.Priority)),
+		Policy:   &accept,
 	}
-	f.restoredInto(restore)
-	return nil
 }
 
 // current lists the chains and named sets the table holds now; none if the
@@ -184,14 +142,9 @@ func (f *Firewall) current(c *nftables.Conn) ([]*nftables.Chain, []*nftables.Set
 	if err != nil {
 		return nil, nil, fmt.Errorf("list tables: %w", err)
 	}
-	exists := false
-	for _, t := range tables {
-		exists = exists || t.Name == f.table.Name
-	}
-	if !exists {
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == f.table.Name }) {
 		return nil, nil, nil
 	}
-
 	all, err := c.ListChainsOfTableFamily(f.table.Family)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list chains: %w", err)
@@ -202,7 +155,6 @@ func (f *Firewall) current(c *nftables.Conn) ([]*nftables.Chain, []*nftables.Set
 			chains = append(chains, &nftables.Chain{Table: f.table, Name: ch.Name})
 		}
 	}
-
 	found, err := c.GetSets(f.table)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list sets: %w", err)
@@ -217,37 +169,147 @@ func (f *Firewall) current(c *nftables.Conn) ([]*nftables.Chain, []*nftables.Set
 	return chains, sets, nil
 }
 
-// newSet is the kernel set of spec. A grant set is "type ipv4_addr;
+// newSet is the kernel set of s. A grant set is "type ipv4_addr; size N;
 // flags timeout;" (or ipv6_addr, or nf_proto for an open_to = "anyone"
 // door), with no default timeout, as each grant carries its own.
-func newSet(t *nftables.Table, spec setSpec) *nftables.Set {
+func newSet(t *nftables.Table, s *plan.Set) *nftables.Set {
 	return &nftables.Set{
 		Table:      t,
-		ID:         spec.id,
-		Name:       spec.name,
-		HasTimeout: spec.role != roleAllow && spec.role != roleRotation,
-		Timeout:    spec.timeout,
-		Interval:   spec.interval,
-		Dynamic:    spec.dynamic,
-		Size:       spec.size,
-		KeyType:    spec.key,
+		ID:         s.ID,
+		Name:       s.Name,
+		HasTimeout: s.HasTimeout(),
+		Timeout:    s.Timeout,
+		Interval:   s.Interval,
+		Dynamic:    s.Dynamic,
+		Size:       s.Size,
+		KeyType:    s.Key,
 		// Addresses are big endian; nft records this in the set's
 		// userdata, and so do we, to read back the same.
 		KeyByteOrder: binaryutil.BigEndian,
-		Comment:      spec.comment,
+		Comment:      s.Comment,
 	}
 }
 
-// fits tells whether an existing set can stay as the set of spec. A set of
-// the right name but the wrong shape (someone edited the table by hand) is
-// replaced, losing its elements, rather than left to break the rules or
-// grants. An always_allow set never stays: its elements come from the
-// config.
-func fits(s *nftables.Set, spec setSpec) bool {
-	want := newSet(nil, spec)
-	return spec.role != roleAllow && spec.role != roleRotation &&
-		s.KeyType.GetNFTMagic() == want.KeyType.GetNFTMagic() &&
-		s.KeyType.Bytes == want.KeyType.Bytes &&
-		s.HasTimeout && s.Dynamic == want.Dynamic && s.Timeout == want.Timeout &&
-		!s.IsMap && !s.Interval && !s.Constant && !s.Concatenation
+// fits tells whether an existing set can stay as the set s. A set of the
+// right name but the wrong shape (someone edited the table by hand, or the
+// config changed its size) is replaced rather than left to break the rules
+// or grants. Sets whose elements come from the plan never stay.
+func fits(k *nftables.Set, s *plan.Set) bool {
+	want := newSet(nil, s)
+	return (s.Role == plan.RoleGrant || s.Role == plan.RoleDynamic) &&
+		k.KeyType.GetNFTMagic() == want.KeyType.GetNFTMagic() &&
+		k.KeyType.Bytes == want.KeyType.Bytes &&
+		k.HasTimeout && k.Dynamic == want.Dynamic && k.Timeout == want.Timeout && k.Size == want.Size &&
+		!k.IsMap && !k.Interval && !k.Constant && !k.Concatenation
+}
+
+// Intact tells whether the table holds p still: the table, every set of p
+// in p's shape, and every chain of p with exactly p's rules, expression by
+// expression (counters aside) and comment by comment. It does not look at
+// elements. It is false, with no error, when the table is gone.
+func (f *Firewall) Intact(p *plan.Plan) (bool, error) {
+	c, err := f.c()
+	if err != nil {
+		return false, err
+	}
+	chains, sets, err := f.current(c)
+	if err != nil {
+		f.reset()
+		return false, fmt.Errorf("check table %q: %w", f.table.Name, err)
+	}
+	if chains == nil && sets == nil {
+		return false, nil
+	}
+	for i := range p.Sets {
+		s := &p.Sets[i]
+		j := slices.IndexFunc(sets, func(k *nftables.Set) bool { return k.Name == s.Name })
+		if j < 0 || (s.Role != plan.RolePorts && s.Role != plan.RoleAllow && !fits(sets[j], s)) {
+			return false, nil
+		}
+	}
+	if len(chains) != len(p.Chains) {
+		return false, nil
+	}
+	for _, pc := range p.Chains {
+		if !slices.ContainsFunc(chains, func(ch *nftables.Chain) bool { return ch.Name == pc.Name }) {
+			return false, nil
+		}
+		rules, err := c.GetRules(f.table, &nftables.Chain{Name: pc.Name, Table: f.table})
+		if err != nil {
+			f.reset()
+			return false, fmt.Errorf("check table %q: list rules of chain %s: %w", f.table.Name, pc.Name, err)
+		}
+		same, err := sameRules(rules, pc.Rules)
+		if err != nil || !same {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// sameRules compares the kernel's rules with the plan's. Both are compared
+// as the library reads them: the plan's expressions go through the same
+// marshal and unmarshal as the kernel's, so that defaults the kernel fills
+// in compare equal; counters and set IDs are not compared (the kernel
+// counts, and names sets by name).
+func sameRules(got []*nftables.Rule, want []plan.Rule) (bool, error) {
+	if len(got) != len(want) {
+		return false, nil
+	}
+	for i, r := range want {
+		if c, _ := userdata.GetString(got[i].UserData, userdata.TypeComment); c != r.Comment {
+			return false, nil
+		}
+		w, err := roundTrip(r.Exprs)
+		if err != nil {
+			return false, err
+		}
+		if !reflect.DeepEqual(normalize(got[i].Exprs), normalize(w)) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// roundTrip is exprs as the library reads them back from their netlink
+// form.
+func roundTrip(exprs []expr.Any) ([]expr.Any, error) {
+	out := make([]expr.Any, len(exprs))
+	fam := byte(nftables.TableFamilyINet)
+	for i, e := range exprs {
+		data, err := expr.MarshalExprData(fam, e)
+		if err != nil {
+			return nil, fmt.Errorf("marshal planned %T: %w", e, err)
+		}
+		back := reflect.New(reflect.TypeOf(e).Elem()).Interface().(expr.Any)
+		if err := expr.Unmarshal(fam, data, back); err != nil {
+			return nil, fmt.Errorf("read back planned %T: %w", e, err)
+		}
+		out[i] = back
+	}
+	return out, nil
+}
+
+// normalize clears what the kernel sets and the plan does not: counter
+// values, set IDs.
+func normalize(exprs []expr.Any) []expr.Any {
+	out := make([]expr.Any, len(exprs))
+	for i, e := range exprs {
+		switch x := e.(type) {
+		case *expr.Counter:
+			out[i] = &expr.Counter{}
+		case *expr.Lookup:
+			c := *x
+			c.SetID = 0
+			out[i] = &c
+		case *expr.Dynset:
+			c := *x
+			c.SetID = 0
+			c.Exprs = normalize(c.Exprs)
+			out[i] = &c
+		default:
+			out[i] = e
+		}
+	}
+	return out
 }

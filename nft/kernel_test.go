@@ -3,16 +3,16 @@ package nft
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
 	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/nft/plan"
 )
 
 // These tests run against the real nf_tables of a scratch network namespace.
@@ -31,11 +31,13 @@ var expiresRE = regexp.MustCompile(` expires [0-9hms]+`)
 // stripExpires removes the ever-changing time left of elements.
 func stripExpires(s string) string { return expiresRE.ReplaceAllString(s, "") }
 
-func install(t *testing.T, f *Firewall, cfg *config.Config) {
+func install(t *testing.T, f *Firewall, p *plan.Plan) map[string]bool {
 	t.Helper()
-	if err := f.Install(cfg); err != nil {
+	kept, err := f.Install(p)
+	if err != nil {
 		t.Fatal(err)
 	}
+	return kept
 }
 
 func grant(t *testing.T, f *Firewall, door, addr string, d time.Duration) {
@@ -69,45 +71,36 @@ func mustGrantOf(t *testing.T, f *Firewall, door, addr string) Grant {
 	return g
 }
 
-// TestKernelInstallRuleset checks what `nft list table` shows after Install
-// against testdata/<case>.nft, and that the kernel holds the same bytecode as
-// when nft itself loads that file: the rules read as nft rules because they
-// are nft's own.
-func TestKernelInstallRuleset(t *testing.T) {
+// freshListing is what `nft list table` shows for p installed in an empty
+// namespace: what any Install of p must leave.
+func freshListing(t *testing.T, p *plan.Plan) string {
+	t.Helper()
+	ns := newNetns(t)
+	install(t, ns.open(t, p.Table), p)
+	return trimLines(ns.nft(t, "list", "table", "inet", p.Table))
+}
+
+// TestKernelInstallLoadsLikeNft: what Install writes is what nft itself
+// writes for the text it lists: the same bytecode, so that `nft list`
+// folds it back into nft's own rules ("tcp dport 22 ip saddr @ssh_v4"),
+// not raw payload expressions.
+func TestKernelInstallLoadsLikeNft(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		name string
-		cfg  *config.Config
-		rot  [][]config.Port // the rot door's sequences, if any
-	}{
-		{"ruleset", defaultConfig(), nil},
-		{"ruleset_shared", sharedConfig(), nil},
-		{"ruleset_doors", doorsConfig(), rotSeqs},
+	for name, p := range map[string]*plan.Plan{
+		"default": defaultPlan("nftknock"),
+		"shared":  sharedPlan("nftknock"),
+		"doors":   planOf("nftknock", sshDoor(), vpnDoor(), rotDoor()),
 	} {
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			ns := newNetns(t)
-			f := ns.open(t, "nftknock")
-			if tc.rot != nil {
-				// Before Install: recorded, and put in by Install.
-				if err := f.Rotate("rot", tc.rot); err != nil {
-					t.Fatal(err)
-				}
-			}
-			install(t, f, tc.cfg)
-			got := ns.nft(t, "list", "table", "inet", "nftknock")
-
-			path := filepath.Join("testdata", tc.name+".nft")
-			want := golden(t, path, got)
-			if trimLines(got) != trimLines(want) {
-				t.Fatalf("nft list table after Install differs from %s:\n%s", path, firstDiff(trimLines(want), trimLines(got)))
-			}
-
+			install(t, ns.open(t, "nftknock"), p)
+			listing := ns.nft(t, "list", "table", "inet", "nftknock")
 			ref := newNetns(t)
-			ref.nftInput(t, want)
-			wantCode := ref.nft(t, "--debug=netlink", "list", "table", "inet", "nftknock")
-			gotCode := ns.nft(t, "--debug=netlink", "list", "table", "inet", "nftknock")
-			if gotCode != wantCode {
-				t.Fatalf("bytecode differs from what nft loads for %s:\n%s", path, firstDiff(wantCode, gotCode))
+			ref.nftInput(t, listing)
+			want := ref.nft(t, "--debug=netlink", "list", "table", "inet", "nftknock")
+			if got := ns.nft(t, "--debug=netlink", "list", "table", "inet", "nftknock"); got != want {
+				t.Fatalf("bytecode differs from what nft loads for its own listing:\n%s", firstDiff(want, got))
 			}
 		})
 	}
@@ -117,7 +110,7 @@ func TestKernelGrant(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	f := ns.open(t, "nftknock")
-	install(t, f, sharedConfig())
+	install(t, f, sharedPlan("nftknock"))
 
 	grant(t, f, "ssh", "192.0.2.1", 30*time.Second)
 	grant(t, f, "ssh", "::ffff:198.51.100.7", 30*time.Second) // 4in6: an IPv4 source
@@ -166,12 +159,12 @@ func TestKernelGrant(t *testing.T) {
 	}
 }
 
-// TestKernelGrantRefresh: a repeat knock restarts the timer.
+// TestKernelGrantRefresh: a grant again restarts the timer.
 func TestKernelGrantRefresh(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	f := ns.open(t, "nftknock")
-	install(t, f, defaultConfig())
+	install(t, f, defaultPlan("nftknock"))
 
 	grant(t, f, "ssh", "192.0.2.1", 5*time.Second)
 	grant(t, f, "ssh", "2001:db8::1", 5*time.Second)
@@ -187,39 +180,67 @@ func TestKernelGrantRefresh(t *testing.T) {
 	}
 }
 
-// TestKernelGrantExpiredFallback: in the legacy mode, the mirror believes
-// an element live that the kernel has already expired; the {delete, add}
-// batch fails with ENOENT and Grant falls back to {add}.
-func TestKernelGrantExpiredFallback(t *testing.T) {
+// TestKernelPutLegacyFallback: in the legacy mode (kernels before 6.3), an
+// element marked live that the kernel has already expired makes {delete,
+// add} fail with ENOENT; Put sends {add} alone then.
+func TestKernelPutLegacyFallback(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	f := ns.open(t, "nftknock")
-	f.mode = grantLegacy // what kernels before 6.3 get
-	install(t, f, defaultConfig())
-
-	frozen := time.Now()
-	f.now = func() time.Time { return frozen }
-	grant(t, f, "ssh", "192.0.2.1", time.Second)
+	f.mode = grantLegacy
+	install(t, f, defaultPlan("nftknock"))
+	key := mustAddr("192.0.2.1").AsSlice()
+	if _, first, err := f.Put("ssh_v4", []Element{{Key: key, Timeout: time.Second}}); err != nil || first != nil {
+		t.Fatal(err, first)
+	}
 	time.Sleep(1200 * time.Millisecond)
-	if _, ok := grantOf(t, f, "ssh", "192.0.2.1"); ok {
-		t.Fatal("element still live after its timeout")
+	before := f.Stats()
+	if _, first, err := f.Put("ssh_v4", []Element{{Key: key, Timeout: 5 * time.Second, Live: true}}); err != nil || first != nil {
+		t.Fatal(err, first)
 	}
-	if !f.live(f.mirror[grantKey{"ssh", mustAddr("192.0.2.1")}], f.now()) {
-		t.Fatal("the frozen clock should make the mirror think the element live")
+	if d := f.Stats(); d.Batches-before.Batches != 2 || d.Refused-before.Refused != 1 {
+		t.Errorf("stats %+v before %+v: want the {delete, add} refused, then {add}", d, before)
 	}
-	grant(t, f, "ssh", "192.0.2.1", 5*time.Second)
 	if g := mustGrantOf(t, f, "ssh", "192.0.2.1"); g.Timeout != 5*time.Second || g.Expires <= 4*time.Second {
 		t.Errorf("after the fallback: %+v", g)
 	}
 }
 
+// TestKernelPutFallsBackPerElement: a chunk the kernel refuses is written
+// again one element at a time: the elements of a full set are refused and
+// named, the others written.
+func TestKernelPutFallsBackPerElement(t *testing.T) {
+	t.Parallel()
+	ns := newNetns(t)
+	f := ns.open(t, "nftknock")
+	d := sshDoor()
+	d.gate.MaxGrants = 8
+	install(t, f, planOf("nftknock", d))
+	var els []Element
+	for i := range 10 {
+		els = append(els, Element{Key: []byte{192, 0, 2, byte(i + 1)}, Timeout: time.Minute})
+	}
+	refused, first, err := f.Put("ssh_v4", els)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(refused) != 2 || first == nil {
+		t.Fatalf("refused %d elements (%v), want the 2 beyond the set's size", len(refused), first)
+	}
+	t.Logf("refused as expected: %v", first)
+	if gs, _ := f.Grants(); len(gs) != 8 {
+		t.Errorf("%d grants in the set, want 8", len(gs))
+	}
+}
+
 // TestKernelRestartKeepsGrants: a new daemon (new Firewall) installing the
-// same config neither revokes nor extends a live grant.
+// same plan neither revokes nor extends a live grant, and says the set
+// stayed.
 func TestKernelRestartKeepsGrants(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	f1 := ns.open(t, "nftknock")
-	install(t, f1, defaultConfig())
+	install(t, f1, defaultPlan("nftknock"))
 	grant(t, f1, "ssh", "192.0.2.1", 30*time.Second)
 	grant(t, f1, "ssh", "2001:db8::1", 30*time.Second)
 	time.Sleep(1100 * time.Millisecond)
@@ -229,36 +250,29 @@ func TestKernelRestartKeepsGrants(t *testing.T) {
 	}
 
 	f2 := ns.open(t, "nftknock")
-	install(t, f2, defaultConfig())
+	kept := install(t, f2, defaultPlan("nftknock"))
+	if !kept["ssh_v4"] || !kept["ssh_v6"] || kept["ssh_allow_v4"] {
+		t.Errorf("kept %v, want the grant sets", kept)
+	}
 	for _, a := range []string{"192.0.2.1", "2001:db8::1"} {
 		after := mustGrantOf(t, f2, "ssh", a)
 		if after.Expires > before.Expires || after.Timeout != 30*time.Second {
 			t.Errorf("%s after restart: %+v; before: %+v", a, after, before)
 		}
-		if !f2.live(f2.mirror[grantKey{"ssh", mustAddr(a)}], time.Now()) {
-			t.Errorf("%s: Install did not seed the mirror", a)
-		}
 	}
 	if got, want := stripExpires(ns.nft(t, "list", "table", "inet", "nftknock")), "elements = { 192.0.2.1 timeout 30s }"; !strings.Contains(got, want) {
 		t.Errorf("listing lacks %q:\n%s", want, got)
 	}
-
-	// The seeded mirror makes the next knock a refresh.
-	grant(t, f2, "ssh", "192.0.2.1", 30*time.Second)
-	if g := mustGrantOf(t, f2, "ssh", "192.0.2.1"); g.Expires <= before.Expires {
-		t.Errorf("refresh after restart: %+v", g)
-	}
 }
 
-// TestKernelReload: Install with a changed config drops the sets of removed
+// TestKernelReload: Install with a changed plan drops the sets of removed
 // doors, adds those of new doors, keeps the elements of kept doors, and
 // clears out anything else in the table, but no other table.
 func TestKernelReload(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	f := ns.open(t, "nftknock")
-	cfg1 := sharedConfig()
-	install(t, f, cfg1)
+	install(t, f, sharedPlan("nftknock"))
 	grant(t, f, "ssh", "192.0.2.1", time.Hour)
 	grant(t, f, "admin", "192.0.2.2", time.Hour)
 	time.Sleep(1100 * time.Millisecond)
@@ -276,11 +290,11 @@ add rule inet other keep tcp dport 80 accept
 `)
 	otherBefore := ns.nft(t, "list", "table", "inet", "other")
 
-	cfg2 := defaultConfig()
-	cfg2.Doors = append(cfg2.Doors, config.Door{
-		Name: "web", Sequence: []config.Port{udp(6000)}, Open: []config.Port{tcp(443)}, OpenFor: time.Minute,
-	})
-	install(t, f, cfg2)
+	web := testDoor{
+		gate:   plan.Door{Name: "web", Open: []config.Port{tcp(443)}, MaxGrants: 1024},
+		knocks: []plan.Knock{knockOf(udp(6000), "knock 1 of 1", plan.WatchFirst, time.Second)},
+	}
+	install(t, f, planOf("nftknock", sshDoor(), web))
 
 	sets := ns.nft(t, "list", "sets", "table", "inet", "nftknock")
 	for _, want := range []string{"set ssh_v4", "set ssh_v6", "set web_v4", "set web_v6"} {
@@ -304,49 +318,114 @@ add rule inet other keep tcp dport 80 accept
 	if after.Expires > before.Expires {
 		t.Errorf("kept grant was extended: %v, was %v", after.Expires, before.Expires)
 	}
-	if _, ok := f.mirror[grantKey{"admin", mustAddr("192.0.2.2")}]; ok {
-		t.Error("mirror still holds a grant of a removed door")
-	}
 	if err := f.Grant("admin", mustAddr("192.0.2.2"), time.Minute); err == nil {
 		t.Error("Grant to a removed door succeeded")
 	}
 	grant(t, f, "web", "192.0.2.3", time.Minute)
 
-	// Going back is a reload too; and a reload with the same config leaves
+	// Going back is a reload too; and a reload with the same plan leaves
 	// the ruleset exactly as a fresh Install writes it.
-	install(t, f, defaultConfig())
-	want, err := os.ReadFile(filepath.Join("testdata", "ruleset.nft"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	install(t, f, defaultPlan("nftknock"))
 	got := stripExpires(ns.nft(t, "list", "table", "inet", "nftknock"))
 	got = strings.Replace(got, "\t\telements = { 192.0.2.1 timeout 1h }\n", "", 1)
-	if trimLines(got) != trimLines(string(want)) {
-		t.Errorf("after reloads:\n%s", firstDiff(trimLines(string(want)), trimLines(got)))
+	if want := freshListing(t, defaultPlan("nftknock")); trimLines(got) != want {
+		t.Errorf("after reloads:\n%s", firstDiff(want, trimLines(got)))
 	}
 }
 
 // TestKernelInstallReplacesMisshapenSets: a set with a door set's name but
-// not its shape (hand-made, no timeout flag) is replaced, as is a chain of
-// the same name as ours.
+// not its shape (hand-made, no timeout flag; another size) is replaced, as
+// is a chain of the same name as ours.
 func TestKernelInstallReplacesMisshapenSets(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	ns.nftInput(t, `
 table inet nftknock {
 	set ssh_v4 { type ipv4_addr; elements = { 10.0.0.1 } }
-	set ssh_v6 { type ipv4_addr; }
+	set ssh_v6 { type ipv6_addr; size 10; flags timeout; }
 	chain input { type filter hook input priority 0; policy drop; ip saddr @ssh_v4 accept; }
 }
 `)
 	f := ns.open(t, "nftknock")
-	install(t, f, defaultConfig())
-	want, err := os.ReadFile(filepath.Join("testdata", "ruleset.nft"))
-	if err != nil {
+	if kept := install(t, f, defaultPlan("nftknock")); len(kept) != 0 {
+		t.Errorf("kept %v, want none", kept)
+	}
+	want := freshListing(t, defaultPlan("nftknock"))
+	if got := ns.nft(t, "list", "table", "inet", "nftknock"); trimLines(got) != want {
+		t.Errorf("after Install over a hand-made table:\n%s", firstDiff(want, trimLines(got)))
+	}
+}
+
+// TestKernelIntact: Intact holds a table to the plan rule by rule: an
+// edited rule, a flushed chain, a rule added, a set deleted or reshaped,
+// a deleted table all make it false; counters counting and elements
+// coming and going do not.
+func TestKernelIntact(t *testing.T) {
+	t.Parallel()
+	p := planOf("nftknock", sshDoor(), vpnDoor(), rotDoor())
+	for _, tc := range []struct {
+		name   string
+		damage string // nft input; "" for none
+		intact bool
+	}{
+		{"untouched", "", true},
+		{"elements", "add element inet nftknock ssh_v4 { 192.0.2.9 timeout 1m }\nflush set inet nftknock rot_first\n", true},
+		{"replaced rule", "replace rule inet nftknock input handle HANDLE tcp dport 22 counter accept comment \"closed to everyone else\"\n", false},
+		{"flushed chain", "flush chain inet nftknock input\n", false},
+		{"rule added", "add rule inet nftknock input tcp dport 23 accept\n", false},
+		{"table deleted", "delete table inet nftknock\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ns := newNetns(t)
+			f := ns.open(t, "nftknock")
+			install(t, f, p)
+			if strings.Contains(tc.damage, "HANDLE") {
+				// The drop rule of port 22, made an accept.
+				listing := ns.nft(t, "-a", "list", "chain", "inet", "nftknock", "input")
+				m := regexp.MustCompile(`tcp dport 22 counter packets \d+ bytes \d+ drop comment "closed to everyone else" # handle (\d+)`).FindStringSubmatch(listing)
+				if m == nil {
+					t.Fatalf("no drop rule for 22 in:\n%s", listing)
+				}
+				tc.damage = strings.Replace(tc.damage, "HANDLE", m[1], 1)
+			}
+			if tc.damage != "" {
+				ns.nftInput(t, tc.damage)
+			}
+			ok, err := f.Intact(p)
+			if err != nil || ok != tc.intact {
+				t.Errorf("Intact = %v, %v; want %v", ok, err, tc.intact)
+			}
+		})
+	}
+}
+
+// TestKernelReplace: Replace makes a port set hold exactly the ports it is
+// given, in one batch.
+func TestKernelReplace(t *testing.T) {
+	t.Parallel()
+	ns := newNetns(t)
+	f := ns.open(t, "nftknock")
+	install(t, f, planOf("nftknock", sshDoor(), rotDoor()))
+	if err := f.Replace("rot_first", [][]byte{{0x75, 0x30}, {0x9c, 0x40}}); err != nil {
 		t.Fatal(err)
 	}
-	if got := ns.nft(t, "list", "table", "inet", "nftknock"); trimLines(got) != trimLines(string(want)) {
-		t.Errorf("after Install over a hand-made table:\n%s", firstDiff(trimLines(string(want)), trimLines(got)))
+	if err := f.Replace("rot_next", nil); err != nil {
+		t.Fatal(err)
+	}
+	first := ns.nft(t, "list", "set", "inet", "nftknock", "rot_first")
+	if !strings.Contains(first, "elements = { 30000, 40000 }") {
+		t.Errorf("rot_first:\n%s", first)
+	}
+	if next := ns.nft(t, "list", "set", "inet", "nftknock", "rot_next"); strings.Contains(next, "elements") {
+		t.Errorf("rot_next not emptied:\n%s", next)
+	}
+	els, err := f.Read("rot_first")
+	if err != nil || len(els) != 2 {
+		t.Errorf("Read = %v, %v", els, err)
+	}
+	if err := f.Replace("nope", nil); err == nil {
+		t.Error("Replace of a set that does not exist succeeded")
 	}
 }
 
@@ -354,7 +433,7 @@ func TestKernelRevoke(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	f := ns.open(t, "nftknock")
-	install(t, f, defaultConfig())
+	install(t, f, defaultPlan("nftknock"))
 
 	grant(t, f, "ssh", "192.0.2.1", time.Minute)
 	grant(t, f, "ssh", "2001:db8::1", time.Minute)
@@ -365,9 +444,6 @@ func TestKernelRevoke(t *testing.T) {
 	}
 	if gs, err := f.Grants(); err != nil || len(gs) != 0 {
 		t.Errorf("Grants() after revoking all = %v, %v", gs, err)
-	}
-	if len(f.mirror) != 0 {
-		t.Errorf("mirror after revoking all: %v", f.mirror)
 	}
 
 	// Expired but possibly not yet collected: still nil.
@@ -386,7 +462,7 @@ func TestKernelRemove(t *testing.T) {
 	ns := newNetns(t)
 	ns.nftInput(t, "add table inet other\n")
 	f := ns.open(t, "nftknock")
-	install(t, f, defaultConfig())
+	install(t, f, defaultPlan("nftknock"))
 	grant(t, f, "ssh", "192.0.2.1", time.Minute)
 
 	if err := f.Remove(); err != nil {
@@ -402,7 +478,7 @@ func TestKernelRemove(t *testing.T) {
 		t.Error("Grant after Remove succeeded")
 	}
 	// A fresh Install after Remove works.
-	install(t, f, defaultConfig())
+	install(t, f, defaultPlan("nftknock"))
 	grant(t, f, "ssh", "192.0.2.1", time.Minute)
 }
 
@@ -413,17 +489,17 @@ func TestKernelFailedInstall(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	f := ns.open(t, "nftknock")
-	install(t, f, defaultConfig())
+	install(t, f, defaultPlan("nftknock"))
 	grant(t, f, "ssh", "192.0.2.1", time.Hour)
 	before := stripExpires(ns.nft(t, "list", "ruleset"))
 
 	// Config validation would refuse this name; the kernel refuses set
 	// names over 255 bytes.
-	bad := sharedConfig()
-	bad.Doors = append(bad.Doors, config.Door{
-		Name: strings.Repeat("x", 300), Sequence: []config.Port{tcp(1234)}, Open: []config.Port{tcp(80)}, OpenFor: time.Minute,
-	})
-	err := f.Install(bad)
+	long := testDoor{
+		gate:   plan.Door{Name: strings.Repeat("x", 300), Open: []config.Port{tcp(80)}, MaxGrants: 16},
+		knocks: []plan.Knock{knockOf(tcp(1234), "knock 1 of 1", plan.WatchNone, time.Second)},
+	}
+	_, err := f.Install(planOf("nftknock", sshDoor(), adminDoor(), long))
 	if err == nil {
 		t.Fatal("Install with a 303-byte set name succeeded")
 	}
@@ -434,84 +510,123 @@ func TestKernelFailedInstall(t *testing.T) {
 	if after := stripExpires(ns.nft(t, "list", "ruleset")); after != before {
 		t.Fatalf("ruleset changed by a failed Install:\n%s\nwas:\n%s", after, before)
 	}
-
-	// The Firewall still serves the old config.
+	// The Firewall still works.
 	if err := f.Grant("admin", mustAddr("192.0.2.2"), time.Minute); err == nil {
-		t.Error("Grant to a door of the failed config succeeded")
+		t.Error("Grant to a door of the failed plan succeeded")
 	}
 	grant(t, f, "ssh", "192.0.2.2", time.Minute)
-	grant(t, f, "ssh", "192.0.2.1", time.Hour)
 	if gs, err := f.Grants(); err != nil || len(gs) != 2 {
 		t.Errorf("Grants() = %v, %v; want 2", gs, err)
 	}
-	install(t, f, sharedConfig())
+	install(t, f, sharedPlan("nftknock"))
 	mustGrantOf(t, f, "ssh", "192.0.2.1")
 }
 
-// TestKernelLargeConfig: hundreds of rules in one batch. v0.3.0 sends the
-// batch as one datagram, reads no reply until it is all sent, and asks an
-// echo of every rule: with default socket buffers, 20 doors overflow the
-// receive buffer (ENOBUFS, although the batch commits) and 100 doors do not
-// fit the send buffer (EMSGSIZE). See socketBuffer.
-func TestKernelLargeConfig(t *testing.T) {
+// TestKernelLargePlan: a hundred doors, two thousand rules, in one batch:
+// the send buffer (socketBuffer) holds it, and BatchBytes says what it
+// takes.
+func TestKernelLargePlan(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	f := ns.open(t, "nftknock")
-	cfg := defaultConfig()
-	cfg.Doors = nil
+	var doors []testDoor
 	for i := range 100 {
-		cfg.Doors = append(cfg.Doors, config.Door{
-			Name:     fmt.Sprintf("door%d", i),
-			Sequence: []config.Port{tcp(uint16(10000 + 3*i)), udp(uint16(10001 + 3*i)), tcp(uint16(10002 + 3*i))},
-			Open:     []config.Port{tcp(uint16(2000 + i))},
-			OpenFor:  time.Minute,
+		doors = append(doors, testDoor{
+			gate: plan.Door{Name: fmt.Sprintf("door%d", i), Open: []config.Port{tcp(uint16(2000 + i))}, MaxGrants: 1024},
+			knocks: []plan.Knock{
+				knockOf(tcp(uint16(10000+3*i)), "knock 1 of 3", plan.WatchFirst, time.Minute),
+				knockOf(udp(uint16(10001+3*i)), "knock 2 of 3", plan.WatchNext, time.Minute),
+				knockOf(tcp(uint16(10002+3*i)), "knock 3 of 3", plan.WatchNone, time.Minute),
+			},
 		})
 	}
+	p := planOf("nftknock", doors...)
+	n, err := BatchBytes(p)
+	if err != nil || n <= 0 || n > MaxBatch {
+		t.Fatalf("BatchBytes = %d, %v", n, err)
+	}
+	t.Logf("a hundred doors' plan: %d bytes in one batch", n)
 	// Fresh: loopback, 4 scan rules, and per door 20: 1 established, 2
 	// accepts, 1 drop; per knock 2 rate limits, 1 log, 1 drop, and 2
 	// knocking-set updates on all but the last step. 200 door sets.
-	install(t, f, cfg)
+	install(t, f, p)
 	grant(t, f, "door42", "192.0.2.1", time.Minute)
-	install(t, f, cfg) // replace: the deletions too
+	install(t, f, p) // replace: the deletions too
 	if got := strings.Count(ns.nft(t, "list", "chain", "inet", "nftknock", "input"), "comment"); got != 2005 {
 		t.Errorf("%d rules, want 2005", got)
 	}
 	mustGrantOf(t, f, "door42", "192.0.2.1")
 }
 
+// TestBatchBytesRefusesHuge: a plan far beyond the send buffer is refused
+// before anything is sent, with its size in the message.
+func TestBatchBytesRefusesHuge(t *testing.T) {
+	var doors []testDoor
+	for i := range 200 {
+		d := testDoor{gate: plan.Door{Name: fmt.Sprintf("d%d", i), MaxGrants: 16}}
+		for j := range 64 {
+			d.gate.Open = append(d.gate.Open, tcp(uint16(1+64*i+j)))
+		}
+		for j := range 32 {
+			d.knocks = append(d.knocks, knockOf(udp(uint16(20000+32*i+j)), "knock", plan.WatchNext, time.Second))
+		}
+		doors = append(doors, d)
+	}
+	p := planOf("nftknock", doors...)
+	n, err := BatchBytes(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n <= MaxBatch {
+		t.Fatalf("BatchBytes = %d, want more than MaxBatch %d", n, MaxBatch)
+	}
+	f := &Firewall{table: &nftables.Table{Name: "nftknock", Family: nftables.TableFamilyINet}}
+	batch, err := f.installBatch(p, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.sendBatch(batch); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("sendBatch of %d bytes: %v", n, err)
+	}
+}
+
 // The tests below pin the kernel facts the package is built on, with the
 // library alone, so that a kernel that behaves differently shows here
 // first.
 
-// kernelSet installs the default config as table inet t in a scratch
+// kernelSet installs the default plan as table inet t in a scratch
 // namespace; the tests use the Firewall's lasting connection directly.
-func kernelSet(t *testing.T) (*Firewall, *config.Config) {
+func kernelSet(t *testing.T) *Firewall {
 	t.Helper()
 	ns := newNetns(t)
 	f := ns.open(t, "t")
-	cfg := defaultConfig()
-	cfg.Table = "t"
-	install(t, f, cfg)
-	return f, cfg
+	install(t, f, defaultPlan("t"))
+	return f
+}
+
+// elem is a one-element list for the library's set calls.
+func elem(addr string, timeout time.Duration) []nftables.SetElement {
+	return []nftables.SetElement{{Key: mustAddr(addr).AsSlice(), Timeout: timeout}}
+}
+
+func ssh4(f *Firewall) *nftables.Set {
+	return &nftables.Set{Table: f.table, Name: "ssh_v4", HasTimeout: true}
 }
 
 // TestKernelReaddDoesNotRefresh: adding an element that is already there,
-// with the same timeout, succeeds and leaves its expiry alone.
-//
-// (Since Linux 6.11 or so a re-add with a different timeout, or with an
-// explicit expiration, does update it; v0.3.0 cannot send the expiration
-// attribute, and Grant must work with a fixed timeout anyway.)
+// with the same timeout and no expiration, succeeds and leaves its expiry
+// alone. (Since Linux 6.12 an add with an expiration does update it: the
+// update mode.)
 func TestKernelReaddDoesNotRefresh(t *testing.T) {
 	t.Parallel()
-	f, _ := kernelSet(t)
+	f := kernelSet(t)
 	c, err := f.c()
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, _ := f.doorSet("ssh", mustAddr("192.0.2.1"))
 	add := func() {
 		t.Helper()
-		if err := c.SetAddElements(set, elem("192.0.2.1", 5*time.Second)); err != nil {
+		if err := c.SetAddElements(ssh4(f), elem("192.0.2.1", 5*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 		if err := c.Flush(); err != nil {
@@ -532,23 +647,22 @@ func TestKernelReaddDoesNotRefresh(t *testing.T) {
 // It also checks that v0.3.0 keeps the errno, so errors.Is finds it.
 func TestKernelDeleteExpiredRollsBack(t *testing.T) {
 	t.Parallel()
-	f, _ := kernelSet(t)
+	f := kernelSet(t)
 	c, err := f.c()
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, _ := f.doorSet("ssh", mustAddr("192.0.2.1"))
-	if err := c.SetAddElements(set, elem("192.0.2.1", time.Second)); err != nil {
+	if err := c.SetAddElements(ssh4(f), elem("192.0.2.1", time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(1100 * time.Millisecond)
-	if err := c.SetDeleteElements(set, elem("192.0.2.1", 0)); err != nil {
+	if err := c.SetDeleteElements(ssh4(f), elem("192.0.2.1", 0)); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.SetAddElements(set, elem("192.0.2.2", time.Minute)); err != nil {
+	if err := c.SetAddElements(ssh4(f), elem("192.0.2.2", time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	err = c.Flush()
@@ -560,119 +674,40 @@ func TestKernelDeleteExpiredRollsBack(t *testing.T) {
 	}
 }
 
-// TestKernelLastingConnAfterFailedBatch: v0.3.0 does not drain the socket
-// after a failed batch. On this kernel the abort path still acks every
-// message of the batch, one ack per message as Flush reads them, so a
-// lasting connection stays in step: every query after a failed batch gets
-// its own reply. (Firewall drops its connection after any error anyway.)
+// TestKernelLastingConnAfterFailedBatch: on this kernel the abort path
+// acks every message of a failed batch, one ack per message as Flush
+// reads them, so a lasting connection stays in step: every query after a
+// failed batch gets its own reply. (Firewall drops its connection after
+// any error anyway.)
 func TestKernelLastingConnAfterFailedBatch(t *testing.T) {
 	t.Parallel()
-	f, _ := kernelSet(t)
+	f := kernelSet(t)
 	c, err := f.c()
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, _ := f.doorSet("ssh", mustAddr("192.0.2.1"))
 	for i := range 5 {
 		// A batch of many messages whose failing one sits in the middle.
 		for j := range 20 {
-			if err := c.SetAddElements(set, elem(fmt.Sprintf("198.51.100.%d", j), time.Minute)); err != nil {
+			if err := c.SetAddElements(ssh4(f), elem(fmt.Sprintf("198.51.100.%d", j), time.Minute)); err != nil {
 				t.Fatal(err)
 			}
 			if j == 10 {
-				if err := c.SetDeleteElements(set, elem("203.0.113.1", 0)); err != nil {
+				if err := c.SetDeleteElements(ssh4(f), elem("203.0.113.1", 0)); err != nil {
 					t.Fatal(err)
 				}
 			}
 		}
 		if err := c.Flush(); !errors.Is(err, unix.ENOENT) {
-			t.Fatalf("round %d: failing batch returned %v", i, err)
+			t.Fatalf("batch %d: %v, want ENOENT", i, err)
 		}
-		elems, err := c.GetSetElements(set)
-		if err != nil || len(elems) != i {
-			t.Fatalf("round %d: after the failed batch, GetSetElements = %d elements, %v; want %d", i, len(elems), err, i)
-		}
-		if err := c.SetAddElements(set, elem(fmt.Sprintf("192.0.2.%d", i+1), time.Minute)); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Flush(); err != nil {
-			t.Fatalf("round %d: add after the failed batch: %v", i, err)
+		tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+		if err != nil || len(tables) != 1 || tables[0].Name != "t" {
+			t.Fatalf("after failed batch %d: tables %v, %v", i, tables, err)
 		}
 		sets, err := c.GetSets(f.table)
-		if want := len(planSets(defaultConfig())); err != nil || len(sets) != want {
-			t.Fatalf("round %d: GetSets = %d, %v; want %d", i, len(sets), err, want)
+		if err != nil || len(sets) == 0 {
+			t.Fatalf("after failed batch %d: sets %v, %v", i, sets, err)
 		}
-	}
-}
-
-// TestKernelRotate: Rotate replaces a rotating door's port sets in one
-// batch, an Install (a reload or a heal) keeps what it last set, and a
-// rotation the kernel refuses changes nothing.
-func TestKernelRotate(t *testing.T) {
-	t.Parallel()
-	ns := newNetns(t)
-	f := ns.open(t, "nftknock")
-	// A fresh start: no table, no record of what is unused.
-	if v, err := f.StillValid("rot", rotSeqs); err != nil || v[0] || v[1] {
-		t.Fatalf("StillValid without a table = %v, %v; want all used, no error", v, err)
-	}
-	install(t, f, doorsConfig())
-	sets := func() string {
-		t.Helper()
-		return ns.nft(t, "list", "set", "inet", "nftknock", "rot_first") + ns.nft(t, "list", "set", "inet", "nftknock", "rot_next")
-	}
-	elements := regexp.MustCompile(`elements = \{ ([0-9, ]+) \}`)
-	got := func() []string {
-		t.Helper()
-		var out []string
-		for _, m := range elements.FindAllStringSubmatch(sets(), -1) {
-			out = append(out, m[1])
-		}
-		return out
-	}
-	if g := got(); len(g) != 0 {
-		t.Fatalf("before any rotation the sets hold %q", g)
-	}
-	if err := f.Rotate("rot", rotSeqs); err != nil {
-		t.Fatal(err)
-	}
-	if g := strings.Join(got(), " / "); g != "25000, 31000 / 21111, 22222, 36000" {
-		t.Fatalf("after the rotation: %q", g)
-	}
-	// The next window: the older sequence goes, a new one comes.
-	next := [][]config.Port{rotSeqs[1], {tcp(33000), tcp(34000), tcp(35000)}}
-	if err := f.Rotate("rot", next); err != nil {
-		t.Fatal(err)
-	}
-	if g := strings.Join(got(), " / "); g != "25000, 33000 / 21111, 34000, 35000, 36000" {
-		t.Fatalf("after the second rotation: %q", g)
-	}
-	// What a restarted daemon reads back: the older sequence is gone, the
-	// newer held whole, and a sequence with one port missing is not.
-	partial := []config.Port{tcp(33000), tcp(34000), tcp(39999)}
-	if v, err := f.StillValid("rot", [][]config.Port{rotSeqs[0], next[1], rotSeqs[1], partial}); err != nil ||
-		v[0] || !v[1] || !v[2] || v[3] {
-		t.Fatalf("StillValid = %v, %v; want [false true true false]", v, err)
-	}
-	install(t, f, doorsConfig())
-	if g := strings.Join(got(), " / "); g != "25000, 33000 / 21111, 34000, 35000, 36000" {
-		t.Fatalf("after a reinstall: %q", g)
-	}
-	// Both used up: the sets are empty, so no knock reaches the daemon.
-	if err := f.Rotate("rot", nil); err != nil {
-		t.Fatal(err)
-	}
-	if g := got(); len(g) != 0 {
-		t.Fatalf("all used up, the sets still hold %q", g)
-	}
-	// With the table deleted behind its back, a rotation fails (and says
-	// so); the heal's Install then puts in what it was asked for last.
-	ns.nft(t, "delete", "table", "inet", "nftknock")
-	if err := f.Rotate("rot", [][]config.Port{{tcp(30001), tcp(30002)}}); err == nil {
-		t.Fatal("a rotation into a deleted table reported success")
-	}
-	install(t, f, doorsConfig())
-	if g := strings.Join(got(), " / "); g != "30001 / 30002" {
-		t.Fatalf("after the heal: %q", g)
 	}
 }

@@ -1,11 +1,13 @@
 package nft
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
@@ -21,7 +23,8 @@ const (
 	// `nft delete table inet nftknock`, a rule inserted by hand).
 	ChangedRuleset Change = 1 << iota
 	// ChangedElements: someone else added or deleted elements of the
-	// table's sets (`nftknock grant`, `nft add element` by hand).
+	// table's sets (`nftknock grant`, `nft add element` by hand); Take
+	// returns what changed.
 	ChangedElements
 	// Overrun: notifications were lost (the socket overran, ENOBUFS) or
 	// the watch failed; anything may have changed.
@@ -66,6 +69,7 @@ type Watcher struct {
 
 	mu      sync.Mutex
 	pending Change
+	elems   []ElementChange
 	err     error
 
 	c    chan struct{}
@@ -147,9 +151,26 @@ func (w *Watcher) run() {
 			return
 		}
 		var ch Change
+		var elems []ElementChange
 		own := w.own.Load()
 		for _, m := range msgs {
-			ch |= classify(m, w.family, w.table, own)
+			c := classify(m, w.family, w.table, own)
+			if c == ChangedElements {
+				elems = appendElementChanges(elems, m)
+			}
+			ch |= c
+		}
+		if len(elems) > 0 {
+			w.mu.Lock()
+			if len(w.elems)+len(elems) > maxElementChanges {
+				// More than the owner will take in time: it reads
+				// the sets instead.
+				ch |= Overrun
+				w.elems = nil
+			} else {
+				w.elems = append(w.elems, elems...)
+			}
+			w.mu.Unlock()
 		}
 		if ch != 0 {
 			w.flag(ch)
@@ -176,13 +197,87 @@ func (w *Watcher) C() <-chan struct{} {
 	return w.c
 }
 
-// Take returns the changes seen since the last Take and clears them.
-func (w *Watcher) Take() Change {
+// Take returns the changes seen since the last Take and clears them, with
+// the element changes among them. After an Overrun the element changes are
+// not all there: read the sets.
+func (w *Watcher) Take() (Change, []ElementChange) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	ch := w.pending
-	w.pending = 0
-	return ch
+	ch, elems := w.pending, w.elems
+	w.pending, w.elems = 0, nil
+	return ch, elems
+}
+
+// maxElementChanges bounds the element changes a Watcher holds for its
+// owner; past it they are dropped and Overrun is flagged.
+const maxElementChanges = 1 << 16
+
+// ElementChange is an element someone else added to or deleted from a set
+// of the table.
+type ElementChange struct {
+	Set     string
+	Key     []byte
+	Deleted bool
+	// Timeout and Expires (the time left) of an added element.
+	Timeout, Expires time.Duration
+}
+
+// appendElementChanges adds the elements of a NEWSETELEM, DELSETELEM or
+// DESTROYSETELEM notification to out. The kernel built the message, but
+// it is read as carefully as anything from a socket: what does not parse
+// is skipped.
+func appendElementChanges(out []ElementChange, m netlink.Message) []ElementChange {
+	deleted := m.Header.Type&0xff != unix.NFT_MSG_NEWSETELEM
+	ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+	if err != nil {
+		return out
+	}
+	ad.ByteOrder = binary.BigEndian
+	var set string
+	var list []byte
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_SET_ELEM_LIST_SET:
+			set = ad.String()
+		case unix.NFTA_SET_ELEM_LIST_ELEMENTS:
+			list = ad.Bytes()
+		}
+	}
+	if ad.Err() != nil || set == "" {
+		return out
+	}
+	items, err := netlink.NewAttributeDecoder(list)
+	if err != nil {
+		return out
+	}
+	for items.Next() {
+		e := ElementChange{Set: set, Deleted: deleted}
+		el, err := netlink.NewAttributeDecoder(items.Bytes())
+		if err != nil {
+			continue
+		}
+		el.ByteOrder = binary.BigEndian
+		for el.Next() {
+			switch el.Type() {
+			case unix.NFTA_SET_ELEM_KEY:
+				if kd, err := netlink.NewAttributeDecoder(el.Bytes()); err == nil {
+					for kd.Next() {
+						if kd.Type() == unix.NFTA_DATA_VALUE {
+							e.Key = kd.Bytes()
+						}
+					}
+				}
+			case unix.NFTA_SET_ELEM_TIMEOUT:
+				e.Timeout = time.Duration(el.Uint64()) * time.Millisecond
+			case unix.NFTA_SET_ELEM_EXPIRATION:
+				e.Expires = time.Duration(el.Uint64()) * time.Millisecond
+			}
+		}
+		if el.Err() == nil && e.Key != nil {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // Again puts changes back, to be taken again (a heal that failed and is to

@@ -67,12 +67,18 @@ func TestClassify(t *testing.T) {
 // waitChange waits for the Watcher's signal and takes the changes.
 func waitChange(t *testing.T, w *Watcher, within time.Duration) Change {
 	t.Helper()
+	ch, _ := waitChanges(t, w, within)
+	return ch
+}
+
+func waitChanges(t *testing.T, w *Watcher, within time.Duration) (Change, []ElementChange) {
+	t.Helper()
 	select {
 	case <-w.C():
 		return w.Take()
 	case <-time.After(within):
 		t.Fatalf("no change reported within %v", within)
-		return 0
+		return 0, nil
 	}
 }
 
@@ -82,8 +88,8 @@ func TestKernelWatch(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	f := ns.open(t, "nftknock")
-	cfg := sharedConfig()
-	install(t, f, cfg)
+	p := sharedPlan("nftknock")
+	install(t, f, p)
 	w, err := f.Watch()
 	if err != nil {
 		t.Fatal(err)
@@ -92,15 +98,24 @@ func TestKernelWatch(t *testing.T) {
 
 	// Our own changes of every kind, then someone else's element: the
 	// notifications come in order, so ours were classified before it.
-	install(t, f, cfg)
+	install(t, f, p)
 	grant(t, f, "ssh", "192.0.2.1", time.Minute)
 	grant(t, f, "ssh", "192.0.2.1", time.Minute)
 	if err := f.Revoke("ssh", mustAddr("192.0.2.1")); err != nil {
 		t.Fatal(err)
 	}
 	ns.nft(t, "add", "element", "inet", "nftknock", "ssh_v4", "{ 192.0.2.5 timeout 1m }")
-	if ch := waitChange(t, w, time.Second); ch != ChangedElements {
+	ch, elems := waitChanges(t, w, time.Second)
+	if ch != ChangedElements {
 		t.Errorf("after our changes and someone's element: %v, want elements only", ch)
+	}
+	if len(elems) != 1 || elems[0].Set != "ssh_v4" || string(elems[0].Key) != string(mustAddr("192.0.2.5").AsSlice()) ||
+		elems[0].Deleted || elems[0].Timeout != time.Minute || elems[0].Expires <= 55*time.Second {
+		t.Errorf("element changes %+v, want 192.0.2.5 added to ssh_v4 with a minute", elems)
+	}
+	ns.nft(t, "delete", "element", "inet", "nftknock", "ssh_v4", "{ 192.0.2.5 }")
+	if _, elems := waitChanges(t, w, time.Second); len(elems) != 1 || !elems[0].Deleted {
+		t.Errorf("element changes %+v, want 192.0.2.5 deleted", elems)
 	}
 
 	// Another table is none of our business.
@@ -110,10 +125,9 @@ func TestKernelWatch(t *testing.T) {
 		t.Errorf("after nft flush ruleset: %v, want ruleset", ch)
 	}
 
-	// Healing is our own change; the tool's grant is someone else's.
-	if healed, _, err := f.Heal(cfg); err != nil || !healed {
-		t.Fatalf("Heal() = %v, %v", healed, err)
-	}
+	// Installing again (a heal) is our own change; the tool's grant is
+	// someone else's.
+	install(t, f, p)
 	tool := ns.open(t, "nftknock")
 	if err := tool.Grant("admin", mustAddr("2001:db8::9"), time.Hour); err != nil {
 		t.Fatal(err)
@@ -145,7 +159,7 @@ func TestKernelWatchOverrun(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	f := ns.open(t, "nftknock")
-	install(t, f, defaultConfig())
+	install(t, f, defaultPlan("nftknock"))
 	// The smallest buffer the kernel allows (it raises what is asked).
 	w, err := f.watch(1)
 	if err != nil {
@@ -167,7 +181,8 @@ func TestKernelWatchOverrun(t *testing.T) {
 	for ch&Overrun == 0 {
 		select {
 		case <-w.C():
-			ch |= w.Take()
+			c, _ := w.Take()
+			ch |= c
 		case <-deadline:
 			t.Fatalf("no overrun reported; changes: %v", ch)
 		}

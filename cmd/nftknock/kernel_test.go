@@ -12,6 +12,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/knock/engine"
 	"github.com/nftknock/nftknock/integration/nstest"
 	"github.com/nftknock/nftknock/nft"
 )
@@ -55,13 +56,13 @@ func (k *kernel) install(table string) *nft.Firewall {
 	cfg := &config.Config{
 		File: "test.toml", NFLOGGroup: 7113, Table: table, MaxTracked: 100,
 		Doors: []config.Door{
-			{Name: "ssh", Sequence: []config.Port{port(7000, config.TCP), port(8000, config.UDP)},
-				SeqTimeout: 5 * time.Second, Open: []config.Port{port(22, config.TCP)}, OpenFor: 30 * time.Second},
-			{Name: "admin", Sequence: []config.Port{port(7001, config.TCP)},
-				SeqTimeout: 5 * time.Second, Open: []config.Port{port(8443, config.TCP)}, OpenFor: time.Hour},
+			{Name: "ssh", Kind: &config.Sequence{Sequence: []config.Port{port(7000, config.TCP), port(8000, config.UDP)}, SeqTimeout: 5 * time.Second},
+				Open: []config.Port{port(22, config.TCP)}, OpenFor: 30 * time.Second, MaxGrants: 1024},
+			{Name: "admin", Kind: &config.Sequence{Sequence: []config.Port{port(7001, config.TCP)}, SeqTimeout: 5 * time.Second},
+				Open: []config.Port{port(8443, config.TCP)}, OpenFor: time.Hour, MaxGrants: 1024},
 		},
 	}
-	if err := fw.Install(cfg); err != nil {
+	if err := installConfig(fw, cfg); err != nil {
 		k.t.Fatal(err)
 	}
 	return fw
@@ -251,10 +252,10 @@ func TestKernelAnyoneDoor(t *testing.T) {
 	defer fw.Close()
 	tcp := func(n uint16) config.Port { return config.Port{Num: n, Proto: config.TCP} }
 	cfg := &config.Config{File: "test.toml", NFLOGGroup: 7113, Table: "nftknock", MaxTracked: 100, Doors: []config.Door{
-		{Name: "ssh", Sequence: []config.Port{tcp(7000), tcp(8000)}, SeqTimeout: 5 * time.Second, Open: []config.Port{tcp(22)}, OpenFor: 30 * time.Second},
-		{Name: "web", Sequence: []config.Port{tcp(7001), tcp(8001)}, SeqTimeout: 5 * time.Second, Open: []config.Port{tcp(80)}, OpenFor: time.Minute, OpenToAnyone: true},
+		{Name: "ssh", Kind: &config.Sequence{Sequence: []config.Port{tcp(7000), tcp(8000)}, SeqTimeout: 5 * time.Second}, Open: []config.Port{tcp(22)}, OpenFor: 30 * time.Second, MaxGrants: 1024},
+		{Name: "web", Kind: &config.Sequence{Sequence: []config.Port{tcp(7001), tcp(8001)}, SeqTimeout: 5 * time.Second}, Open: []config.Port{tcp(80)}, OpenFor: time.Minute, OpenToAnyone: true, MaxGrants: 1024},
 	}}
-	if err := fw.Install(cfg); err != nil {
+	if err := installConfig(fw, cfg); err != nil {
 		t.Fatal(err)
 	}
 
@@ -285,4 +286,14 @@ func TestKernelAnyoneDoor(t *testing.T) {
 	if set := k.nft("list", "set", "inet", "nftknock", "web_anyone"); strings.Contains(set, "ipv6") {
 		t.Errorf("web_anyone after revoke:\n%s", set)
 	}
+}
+
+// installConfig installs cfg's plan as the daemon would.
+func installConfig(fw *nft.Firewall, cfg *config.Config) error {
+	p, err := engine.Plan(cfg)
+	if err != nil {
+		return err
+	}
+	_, err = fw.Install(p)
+	return err
 }

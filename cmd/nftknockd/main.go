@@ -16,6 +16,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/knock/daemon"
+	"github.com/nftknock/nftknock/knock/engine"
 	"github.com/nftknock/nftknock/nft"
 )
 
@@ -55,12 +57,19 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "nftknockd %s\n", version)
 		return 0
 	case *printConfig:
-		stdout.Write(config.DefaultTOML())
+		stdout.Write(config.ReferenceTOML())
 		return 0
 	case *check:
-		if _, err := config.Load(*path); err != nil {
+		cfg, err := config.Load(*path)
+		if err == nil {
+			err = engine.Check(cfg)
+		}
+		if err != nil {
 			fmt.Fprintln(stderr, err)
 			return 1
+		}
+		for _, w := range engine.Warnings(cfg) {
+			fmt.Fprintf(stderr, "warning: %s\n", w)
 		}
 		fmt.Fprintf(stdout, "%s: OK\n", *path)
 		return 0
@@ -79,6 +88,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	reload := make(chan struct{}, 1)
 	go func() {
 		for range hup {
@@ -89,11 +99,42 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		}
 	}()
 
-	if err := run(ctx, log, *path, reload); err != nil {
+	notify, err := notifierFromEnv(log)
+	if err != nil {
+		log.Error("nftknockd failed", zap.Error(err))
+		return 1
+	}
+	every, ping := notify.watchdogEvery()
+	err = daemon.Run(ctx, daemon.Options{
+		Log:    log,
+		Load:   func() (*config.Config, error) { return load(log, *path) },
+		Reload: reload,
+		// Only once the table is installed and the NFLOG group bound.
+		Ready:         notify.ready,
+		Reloading:     notify.reloading,
+		Stopping:      notify.stopping,
+		Watchdog:      ping,
+		WatchdogEvery: every,
+	})
+	if err != nil {
 		log.Error("nftknockd failed", zap.Error(err))
 		return 1
 	}
 	return 0
+}
+
+// load reads the config at path and warns about what it would do that
+// a user would not want (see engine.Warnings): at start and at every
+// reload, as -check does.
+func load(log *zap.Logger, path string) (*config.Config, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range engine.Warnings(cfg) {
+		log.Warn(w, zap.String("config", path))
+	}
+	return cfg, nil
 }
 
 func removeTable(path string) error {

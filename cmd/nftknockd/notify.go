@@ -89,8 +89,8 @@ func (n *notifier) ready(status string) {
 
 // reloading says that a reload starts. MONOTONIC_USEC is what systemd 253
 // and later want for Type=notify-reload; older ones ignore it.
-func (n *notifier) reloading() {
-	n.notify("RELOADING=1", "MONOTONIC_USEC="+strconv.FormatUint(monotonicUsec(), 10), "STATUS=reloading the configuration")
+func (n *notifier) reloading(status string) {
+	n.notify("RELOADING=1", "MONOTONIC_USEC="+strconv.FormatUint(monotonicUsec(), 10), "STATUS="+oneLine(status))
 }
 
 // stopping says that the daemon is on its way out.
@@ -108,18 +108,16 @@ func monotonicUsec() uint64 {
 	return uint64(ts.Sec)*1e6 + uint64(ts.Nsec)/1e3
 }
 
-// watchdogTicker returns a channel that is due every time WATCHDOG=1 is,
-// and a function to stop it. When no watchdog was asked for, the channel
-// is nil: a select never picks it.
-func (n *notifier) watchdogTicker() (<-chan time.Time, func()) {
+// watchdogEvery is how often WATCHDOG=1 is due and the function that sends
+// it; zero and nil when the service manager asked for none.
+func (n *notifier) watchdogEvery() (time.Duration, func()) {
 	if n == nil || n.watchdog == 0 {
-		return nil, func() {}
+		return 0, nil
 	}
-	t := time.NewTicker(n.watchdog)
-	return t.C, t.Stop
+	return n.watchdog, n.ping
 }
 
-// ping keeps the watchdog fed. It is sent from the server's loop goroutine,
+// ping keeps the watchdog fed. It is sent from the daemon's packet loop,
 // so that a loop that is stuck stops the pings and systemd restarts it.
 func (n *notifier) ping() { n.notify("WATCHDOG=1") }
 
@@ -137,10 +135,4 @@ func oneLine(s string) string {
 // notifierFromEnv is newNotifier on the process environment.
 func notifierFromEnv(log *zap.Logger) (*notifier, error) {
 	return newNotifier(log, os.Getenv)
-}
-
-// status is the one line `systemctl status` shows for the running daemon.
-func (s *server) status() string {
-	return fmt.Sprintf("table inet %s, NFLOG group %d, doors: %s",
-		s.cfg.Table, s.cfg.NFLOGGroup, strings.Join(doorNames(s.cfg), ", "))
 }

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/knock/daemon"
+	"github.com/nftknock/nftknock/knock/engine"
+	"github.com/nftknock/nftknock/knock/gate"
 )
 
 // fakeManager is the service manager's end of $NOTIFY_SOCKET.
@@ -81,16 +83,14 @@ func TestNotifierUnsetIsNoop(t *testing.T) {
 	}
 	// Every method is safe on nil and sends nothing.
 	n.ready("x")
-	n.reloading()
+	n.reloading("reloading the configuration")
 	n.stopping()
 	n.ping()
 	if err := n.send("READY=1"); err != nil {
 		t.Errorf("nil send: %v", err)
 	}
-	if c, stop := n.watchdogTicker(); c != nil {
-		t.Error("a watchdog ticker without a watchdog")
-	} else {
-		stop()
+	if every, ping := n.watchdogEvery(); every != 0 || ping != nil {
+		t.Error("a watchdog without a watchdog asked for")
 	}
 }
 
@@ -156,7 +156,7 @@ func TestNotifierSends(t *testing.T) {
 		return uint64(ts.Nano() / 1e3)
 	}
 	before := clock()
-	n.reloading()
+	n.reloading("reloading the configuration")
 	after := clock()
 	got := strings.Split(m.next(time.Second), "\n")
 	if len(got) != 4 || got[0] != "RELOADING=1" || !strings.HasPrefix(got[1], "MONOTONIC_USEC=") || !strings.HasPrefix(got[2], "STATUS=") || got[3] != "" {
@@ -209,37 +209,37 @@ func TestNotifierLogsFailure(t *testing.T) {
 	}
 }
 
-// gatedFirewall blocks Install while its gate is closed: a wedged loop.
-type gatedFirewall struct {
-	firewall
-	closed  atomic.Bool
-	release chan struct{}
-}
-
-func (g *gatedFirewall) Install(cfg *config.Config) error {
-	if g.closed.Load() {
-		<-g.release
-	}
-	return g.firewall.Install(cfg)
-}
-
-// The loop feeds the watchdog, wraps a reload in RELOADING=1 … READY=1,
-// and stops feeding the watchdog while it is stuck.
+// The daemon feeds the watchdog from its packet loop, wraps a reload in
+// RELOADING=1 … READY=1, and stops feeding the watchdog while it is stuck
+// (here, in a reload whose install the kernel does not answer).
 func TestLoopNotifies(t *testing.T) {
-	s, _, logs, _ := testServer(t, string(config.DefaultTOML()))
-	gate := &gatedFirewall{firewall: s.fw, release: make(chan struct{})}
-	s.fw = gate
+	path := filepath.Join(t.TempDir(), "nftknock.toml")
+	if err := os.WriteFile(path, config.DefaultTOML(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.InfoLevel)
+	log := zap.New(core)
+	fw := gate.NewFakeFirewall(nil)
 	m := listenNotify(t, filepath.Join(t.TempDir(), "notify"))
 	n, err := newNotifier(zap.NewNop(), env(map[string]string{"NOTIFY_SOCKET": m.name, "WATCHDOG_USEC": "40000"}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.notify = n
+	every, ping := n.watchdogEvery()
 
 	ctx, cancel := context.WithCancel(context.Background())
 	reload := make(chan struct{}, 1)
 	done := make(chan error, 1)
-	go func() { done <- s.loop(ctx, nil, reload, nil) }()
+	go func() {
+		done <- daemon.Run(ctx, daemon.Options{
+			Log: log, Load: func() (*config.Config, error) { return config.Parse(path, config.DefaultTOML()) },
+			Reload: reload, Source: engine.NewFakeSource(16), Firewall: fw,
+			Ready: n.ready, Reloading: n.reloading, Stopping: n.stopping, Watchdog: ping, WatchdogEvery: every,
+		})
+	}()
+	if msg := m.expect("READY=1", 5*time.Second); !strings.Contains(msg, "STATUS=table inet nftknock, NFLOG group 7113, doors: ssh\n") {
+		t.Errorf("READY at start: %q, want the status line", msg)
+	}
 
 	// Pings every 20ms.
 	start := time.Now()
@@ -262,14 +262,13 @@ func TestLoopNotifies(t *testing.T) {
 	}
 
 	// Wedge the loop in a reload: the pings stop.
-	gate.closed.Store(true)
+	fw.Hold = make(chan struct{})
 	reload <- struct{}{}
 	m.expect("RELOADING=1", time.Second)
 	if got := m.next(300 * time.Millisecond); got != "" {
 		t.Errorf("got %q from a stuck loop, want silence", got)
 	}
-	gate.closed.Store(false)
-	close(gate.release)
+	close(fw.Hold)
 	m.expect("READY=1", time.Second)
 	if got := m.next(time.Second); got != "WATCHDOG=1\n" {
 		t.Errorf("got %q after the loop came unstuck, want WATCHDOG=1", got)
@@ -277,6 +276,7 @@ func TestLoopNotifies(t *testing.T) {
 
 	cancel()
 	if err := <-done; err != nil {
-		t.Errorf("loop: %v", err)
+		t.Errorf("daemon: %v", err)
 	}
+	m.expect("STOPPING=1", time.Second)
 }

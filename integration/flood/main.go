@@ -7,7 +7,7 @@
 // memory every 100 ms. It prints what the flood sent, what reached the
 // daemon, the daemon's peak RSS and how many legitimate knocks opened, and
 // exits 1 when peak RSS reaches -max-rss-mb or fewer than -min-open
-// knocks opened (issue 3's aims: under 64 MB, at least 4 of 5).
+// knocks opened.
 //
 // Run it as root: `sudo make bench-flood` (the default config, then
 // max_tracked = 1024).

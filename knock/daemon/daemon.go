@@ -1,0 +1,140 @@
+// Package daemon puts nftknockd together: the NFLOG reader with the doors
+// (package engine) and the writer of nf_tables with the grant ledger
+// (package gate), as tasks under one errgroup and one context. Run returns
+// once every goroutine it started has ended.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/knock"
+	"github.com/nftknock/nftknock/knock/engine"
+	"github.com/nftknock/nftknock/knock/gate"
+	"github.com/nftknock/nftknock/knock/loglimit"
+	"github.com/nftknock/nftknock/nft"
+)
+
+// Options configure Run.
+type Options struct {
+	Log *zap.Logger
+	// Load reads and validates the configuration: at start and at every
+	// reload.
+	Load func() (*config.Config, error)
+	// Reload receives a value for each reload asked for (SIGHUP).
+	Reload <-chan struct{}
+	// Source and Firewall stand in for NFLOG and nf_tables in tests; nil
+	// means the real ones, for the config's group and table.
+	Source   engine.Source
+	Firewall gate.Firewall
+	// Now is the clock (tests replace it).
+	Now func() time.Time
+	// The service manager: told when the daemon is ready (with its status
+	// line), reloading and stopping, and pinged every WatchdogEvery from
+	// the packet loop. Nil functions are not called.
+	Ready, Reloading func(status string)
+	Stopping         func()
+	Watchdog         func()
+	WatchdogEvery    time.Duration
+}
+
+// MaxHooksRunning bounds the on_open/on_close hooks running at once per
+// door, whatever a flood of knocks does.
+const MaxHooksRunning = 8
+
+// Run starts the daemon and runs it until ctx is done (nil) or something
+// fails. It binds the NFLOG group before it touches the table, so that a
+// second daemon started by mistake fails without replacing the first
+// one's ruleset. On its way out it leaves the table in place: the opened
+// ports stay filtered for everyone else and live grants run out in the
+// kernel on their own.
+func Run(ctx context.Context, o Options) error {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	cfg, err := o.Load()
+	if err != nil {
+		return err
+	}
+	src, fw := o.Source, o.Firewall
+	var overruns func() uint64
+	if src == nil {
+		nl, err := knock.ListenNFLOG(knock.NFLOGConfig{Group: cfg.NFLOGGroup, Logger: o.Log, CopyRange: CopyRange})
+		if err != nil {
+			return err
+		}
+		defer nl.Close()
+		src, overruns = nl, nl.Overruns
+	}
+	if fw == nil {
+		f, err := nft.Open(cfg.Table)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		fw = gate.NFT{Firewall: f}
+	}
+	lines := loglimit.New(o.Log)
+	g := gate.New(fw, gate.Options{Log: o.Log, Lines: lines, Now: o.Now, MaxHooksRunning: MaxHooksRunning})
+
+	tasks, ctx := errgroup.WithContext(ctx)
+	tasks.Go(func() error { return g.Run(ctx) })
+	var e *engine.Engine
+	tasks.Go(func() error {
+		var err error
+		e, err = engine.Start(ctx, cfg, engine.Options{
+			Log: o.Log, Lines: lines, Source: src, Gate: g, Now: o.Now, Load: o.Load,
+			Ready: o.Ready, Reloading: o.Reloading, Watchdog: o.Watchdog, WatchdogEvery: o.WatchdogEvery,
+		})
+		if err != nil {
+			return err
+		}
+		o.Log.Info("nftknockd started",
+			zap.String("config", cfg.File), zap.String("table", "inet "+cfg.Table),
+			zap.Uint16("nflog_group", cfg.NFLOGGroup), zap.Strings("doors", engine.DoorNames(cfg)))
+		// Only now: the table is installed and the NFLOG group bound.
+		if o.Ready != nil {
+			o.Ready(e.Status())
+		}
+		tasks.Go(func() error {
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-o.Reload:
+					e.Reload()
+				}
+			}
+		})
+		err = e.Run(ctx)
+		if o.Stopping != nil {
+			o.Stopping()
+		}
+		return err
+	})
+	err = tasks.Wait()
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	fields := []zap.Field{zap.Uint64("grants_dropped", g.Dropped())}
+	if overruns != nil {
+		fields = append(fields, zap.Uint64("nflog_overruns", overruns()))
+	}
+	if e != nil {
+		fields = append(fields, e.Counts()...)
+	}
+	o.Log.Info("nftknockd stopping: the table stays, live grants run out on their own", fields...)
+	return nil
+}
+
+// CopyRange is how much of each logged packet NFLOG hands the daemon,
+// from its network header: the largest IPv4 header (60), a UDP header (8)
+// and the largest datagram a door reads (an fwknop packet, 1500 bytes). The
+// kernel copies no more than a packet has, so a knock's SYN costs what it
+// is.
+const CopyRange = 60 + 8 + 1500

@@ -1,0 +1,162 @@
+package door
+
+import (
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/knock"
+	"github.com/nftknock/nftknock/knock/spa"
+	"github.com/nftknock/nftknock/nft/plan"
+)
+
+// The NFLOG copy range must hold a whole SPA datagram behind the largest
+// IPv4 (60) or plain IPv6 (40) header and the UDP header: knock's default
+// of 256 bytes does. This fails to compile if the format ever outgrows it.
+const spaCopyNeed = 60 + 8 + spa.Size
+
+var _ [256 - spaCopyNeed]struct{}
+
+// spaDoor is a single-packet authorization door: one datagram sealed with
+// the door's key opens it.
+type spaDoor struct {
+	cfg  *config.Door
+	k    *config.SPA
+	deps Deps
+	key  *spa.Key
+}
+
+func newSPA(file string, d *config.Door, k *config.SPA, deps Deps) (*spaDoor, error) {
+	raw, err := readKey(k.KeyFile)
+	if err != nil {
+		return nil, fieldError(file, d, "key_file", err)
+	}
+	key, err := spa.NewKey(raw)
+	if err != nil {
+		return nil, fieldError(file, d, "key_file", err)
+	}
+	return &spaDoor{cfg: d, k: k, deps: deps, key: key}, nil
+}
+
+func (s *spaDoor) Config() *config.Door { return s.cfg }
+
+// Plan has the kernel log datagrams to the door's port, whole (the NFLOG
+// copy range covers them: spaCopyNeed), and drop them: the port looks
+// filtered and nothing ever answers.
+func (s *spaDoor) Plan(b *plan.Builder) {
+	b.Datagram(s.cfg.Name, s.k.Port, plan.DoorMatch(s.cfg.Interface, config.TCPFlags{}, config.UDP))
+}
+
+func (s *spaDoor) Tick(time.Time, Actions) {}
+
+// Packet verifies a datagram (a forged one costs a fraction of a
+// microsecond) and opens the door for an authentic, fresh, unreplayed
+// one: for its source, or the address it asks for when that is its
+// source or spa_allow_requested allows it.
+func (s *spaDoor) Packet(now time.Time, lg *knock.Logged, a Actions) {
+	var p knock.Packet
+	if err := knock.ParseIP(lg.Payload, &p); err != nil {
+		s.reject(p.Src, spaTruncated)
+		return
+	}
+	payload, err := knock.UDPPayload(lg.Payload)
+	if err != nil {
+		s.reject(p.Src, reasonOf(err))
+		return
+	}
+	req, err := spa.Open(s.key, s.cfg.Name, payload, now, s.k.MaxAge)
+	if err == nil {
+		err = s.deps.Replay.Check(&req, now, s.k.MaxAge)
+	}
+	if err != nil {
+		s.reject(p.Src, reasonOf(err))
+		return
+	}
+	addr := p.Src
+	if req.Requested.IsValid() && req.Requested != p.Src.Unmap() {
+		if !s.k.AllowRequested {
+			s.reject(p.Src, spaRequestedRefused, zap.Stringer("requested", req.Requested))
+			return
+		}
+		addr = req.Requested
+	}
+	s.deps.Lines.Info("SPA request authenticated", zap.String("door", s.cfg.Name), zap.Stringer("source", p.Src), zap.Stringer("for", addr))
+	a.Open(addr, p.Src, "")
+}
+
+// reject logs a refused datagram with its reason, through the line
+// limiter: a flood of forged datagrams is a summary line a second.
+func (s *spaDoor) reject(src netip.Addr, r SPAReason, extra ...zap.Field) {
+	fields := append([]zap.Field{zap.String("door", s.cfg.Name), zap.Stringer("source", src), zap.String("reason", r.String())}, extra...)
+	s.deps.Lines.Log(zap.InfoLevel, "SPA datagram rejected: "+r.String(), "SPA datagram rejected: "+r.String(), fields...)
+	if s.deps.Rejected != nil {
+		s.deps.Rejected(r)
+	}
+}
+
+// SPAReason is why a datagram was refused: a log reason and a counter.
+type SPAReason int
+
+// The reasons.
+const (
+	spaTruncated SPAReason = iota
+	spaOversized
+	spaNotSPA
+	spaNotAuthentic
+	spaMalformed
+	spaStale
+	spaWrongDoor
+	spaReplay
+	spaBeforeStart
+	spaBusy
+	spaRequestedRefused
+	NumSPAReasons
+)
+
+var spaReasonText = [NumSPAReasons]string{
+	spaTruncated:        "truncated",
+	spaOversized:        "oversized",
+	spaNotSPA:           "not an SPA datagram (unknown format or version)",
+	spaNotAuthentic:     "not authentic (wrong key or changed byte)",
+	spaMalformed:        "malformed payload",
+	spaStale:            "stale (timestamp outside spa_max_age)",
+	spaWrongDoor:        "sealed for another door",
+	spaReplay:           "replay",
+	spaBeforeStart:      "sealed before the daemon started (a replay cannot be ruled out)",
+	spaBusy:             "replay cache full",
+	spaRequestedRefused: "requested address not allowed (spa_allow_requested = false)",
+}
+
+func (r SPAReason) String() string { return spaReasonText[r] }
+
+// Key is the reason as a counter's name: spa_rejected_<key>.
+func (r SPAReason) Key() string {
+	return [NumSPAReasons]string{"truncated", "oversized", "not_spa", "not_authentic", "malformed", "stale",
+		"wrong_door", "replay", "before_start", "busy", "requested_refused"}[r]
+}
+
+func reasonOf(err error) SPAReason {
+	switch err {
+	case spa.ErrTruncated, knock.ErrTruncated:
+		return spaTruncated
+	case spa.ErrOversized:
+		return spaOversized
+	case spa.ErrVersion:
+		return spaNotSPA
+	case spa.ErrMalformed:
+		return spaMalformed
+	case spa.ErrStale:
+		return spaStale
+	case spa.ErrWrongDoor:
+		return spaWrongDoor
+	case spa.ErrReplay:
+		return spaReplay
+	case spa.ErrBeforeStart:
+		return spaBeforeStart
+	case spa.ErrBusy:
+		return spaBusy
+	}
+	return spaNotAuthentic
+}

@@ -1,0 +1,867 @@
+// Package gate is the daemon's side of nf_tables: the one writer of the
+// kernel's grant sets. It owns the Firewall (the netlink connection to
+// nf_tables), the grant ledger, the door hooks and the table's healing,
+// all on one goroutine (Run), and the engine asks it for what doors decide
+// through its methods, which queue requests and never wait for the kernel
+// (but for Install and ReadPorts, which return what it said).
+//
+// Grants are written in batches: the queue is drained and what it held is
+// written set by set, in chunks (nft.Firewall.Put), so a flood of
+// completed knocks costs a batch per few hundred grants, not one each.
+//
+// Self-healing: `nft flush ruleset` (what `systemctl restart nftables`
+// runs on most distributions), `nft delete table inet nftknock`, or an
+// edit of the daemon's chain would silently open or close the gate. The
+// gate listens to nf_tables' notifications (nft.Watcher) and, when the
+// table is no longer what it installed (Firewall.Intact compares every
+// rule), installs it again at once — the rules and empty sets first, in
+// one small batch, so the gate is up again in milliseconds whatever the
+// number of grants — and then puts every live grant of the ledger back,
+// chunk by chunk, each with the time it had left, while it goes on
+// serving the engine between chunks. Elements someone else adds or deletes
+// (`nftknock grant`/`revoke`, `nft` by hand) it reads from the
+// notifications into the ledger, so they are restored too.
+package gate
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/nftables"
+	"go.uber.org/zap"
+
+	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/knock/hook"
+	"github.com/nftknock/nftknock/knock/ledger"
+	"github.com/nftknock/nftknock/knock/loglimit"
+	"github.com/nftknock/nftknock/nft"
+	"github.com/nftknock/nftknock/nft/plan"
+)
+
+// Firewall is what the gate needs of nft.Firewall; a fake stands in for
+// it in tests without root (fake.go).
+type Firewall interface {
+	Install(p *plan.Plan) (kept map[string]bool, err error)
+	Intact(p *plan.Plan) (bool, error)
+	Put(set string, els []nft.Element) (refused []nft.Element, first error, err error)
+	Delete(set string, keys [][]byte) error
+	Replace(set string, keys [][]byte) error
+	Read(set string) ([]nft.Element, error)
+	SetNames() ([]string, error)
+	Watch() (Watcher, error)
+}
+
+// Watcher is what the gate needs of nft.Watcher.
+type Watcher interface {
+	C() <-chan struct{}
+	Take() (nft.Change, []nft.ElementChange)
+	Again(nft.Change)
+	Err() error
+	Close() error
+}
+
+// NFT is nft.Firewall as a Firewall.
+type NFT struct{ *nft.Firewall }
+
+// Watch implements Firewall.
+func (f NFT) Watch() (Watcher, error) {
+	w, err := f.Firewall.Watch()
+	if err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// Options configure New.
+type Options struct {
+	Log *zap.Logger
+	// Lines bounds the per-grant lines ("door opened").
+	Lines *loglimit.Limiter
+	Now   func() time.Time
+	// MaxHooksRunning bounds the hooks running at once per door.
+	MaxHooksRunning int
+}
+
+// queueLen bounds the requests waiting for the gate: a grant request
+// that finds it full is dropped and counted.
+const queueLen = 4096
+
+// grantBatch bounds the grant requests written in one go.
+const grantBatch = 1024
+
+// restoreChunk is how many grants a heal puts back between two looks at
+// the queue.
+const restoreChunk = 4096
+
+// healRetry bounds how long a failed heal waits before it is tried again.
+const (
+	healRetryMin = time.Second
+	healRetryMax = 30 * time.Second
+)
+
+// Gate writes the kernel's grant sets.
+type Gate struct {
+	log   *zap.Logger
+	lines *loglimit.Limiter
+	fw    Firewall
+	now   func() time.Time
+	maxHk int
+
+	reqs    chan request
+	dropped atomic.Uint64 // grant requests the queue had no room for
+
+	// The rest belongs to Run's goroutine.
+	ledger  *ledger.Ledger
+	plan    *plan.Plan
+	doors   map[string]*config.Door
+	gates   map[string]plan.Door
+	setDoor map[string]string // grant set → door
+	ports   map[string][]uint16
+	seeded  bool
+	restore []ledger.Grant
+	// healing is the heal whose grants restore is putting back, if any.
+	healing *healRun
+	full    map[string]uint64 // grants refused since the last tick, by door
+	hooks   map[string]*hook.Runner
+	retired []*hook.Runner
+	// lastSource is the source that last opened an open_to = "anyone"
+	// door, for its on_close hook (its grant stands for everyone).
+	lastSource map[string]netip.Addr
+	watch      Watcher
+	backoff    time.Duration
+	retryAt    time.Time
+	pending    nft.Change // changes to look at again at retryAt
+}
+
+// healRun is a heal under way: when it began and how many grants it put
+// back so far.
+type healRun struct {
+	start    time.Time
+	restored int
+}
+
+// request is one thing asked of the gate; one field is set.
+type request struct {
+	install *installRequest
+	grant   *Grant
+	revoke  *revokeRequest
+	ports   *portsRequest
+	read    *readRequest
+	// inspect runs on the gate's goroutine: tests look at its state.
+	inspect func()
+}
+
+type installRequest struct {
+	plan  *plan.Plan
+	doors []*config.Door
+	done  chan error
+}
+
+// Grant is a request to let Addr through Door, for a knock or datagram
+// from Source, made with By's key ("" if no key told).
+type Grant struct {
+	Door         string
+	Addr, Source netip.Addr
+	By           string
+}
+
+type revokeRequest struct {
+	door         string
+	addr, source netip.Addr
+}
+
+type portsRequest struct {
+	set   string
+	ports []uint16
+}
+
+type readRequest struct {
+	set  string
+	done chan readResult
+}
+
+type readResult struct {
+	ports []uint16
+	ok    bool
+	err   error
+}
+
+// New returns a gate on fw. Run it, then Install a plan.
+func New(fw Firewall, o Options) *Gate {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Lines == nil {
+		o.Lines = loglimit.New(o.Log)
+	}
+	return &Gate{
+		log: o.Log, lines: o.Lines, fw: fw, now: o.Now, maxHk: max(o.MaxHooksRunning, 1),
+		reqs:       make(chan request, queueLen),
+		ledger:     ledger.New(),
+		doors:      map[string]*config.Door{},
+		gates:      map[string]plan.Door{},
+		setDoor:    map[string]string{},
+		ports:      map[string][]uint16{},
+		full:       map[string]uint64{},
+		hooks:      map[string]*hook.Runner{},
+		lastSource: map[string]netip.Addr{},
+		backoff:    healRetryMin,
+	}
+}
+
+// Install has the gate install p, the plan of doors, and waits for it. On
+// an error the kernel still holds the previous plan, whole.
+func (g *Gate) Install(ctx context.Context, p *plan.Plan, doors []*config.Door) error {
+	r := &installRequest{plan: p, doors: doors, done: make(chan error, 1)}
+	select {
+	case g.reqs <- request{install: r}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Open asks for a grant. It never blocks: when the queue is full the
+// request is dropped and counted (Dropped).
+func (g *Gate) Open(r Grant) {
+	select {
+	case g.reqs <- request{grant: &r}:
+	default:
+		g.dropped.Add(1)
+	}
+}
+
+// Dropped is how many grant requests found the queue full.
+func (g *Gate) Dropped() uint64 { return g.dropped.Load() }
+
+// Revoke asks for door's grant to addr to end now (a close knock from
+// source).
+func (g *Gate) Revoke(ctx context.Context, door string, addr, source netip.Addr) {
+	select {
+	case g.reqs <- request{revoke: &revokeRequest{door, addr, source}}:
+	case <-ctx.Done():
+	}
+}
+
+// Ports asks for set, a port set of the plan, to hold ports.
+func (g *Gate) Ports(ctx context.Context, set string, ports []uint16) {
+	select {
+	case g.reqs <- request{ports: &portsRequest{set, slices.Clone(ports)}}:
+	case <-ctx.Done():
+	}
+}
+
+// ReadPorts reads a port set of the table as the kernel holds it; ok is
+// false when the set does not exist.
+func (g *Gate) ReadPorts(ctx context.Context, set string) (ports []uint16, ok bool, err error) {
+	r := &readRequest{set: set, done: make(chan readResult, 1)}
+	select {
+	case g.reqs <- request{read: r}:
+	case <-ctx.Done():
+		return nil, false, ctx.Err()
+	}
+	select {
+	case res := <-r.done:
+		return res.ports, res.ok, res.err
+	case <-ctx.Done():
+		return nil, false, ctx.Err()
+	}
+}
+
+// Run serves requests, notifications and ticks until ctx is done, then
+// waits for the hooks it started.
+func (g *Gate) Run(ctx context.Context) error {
+	w, err := g.fw.Watch()
+	if err != nil {
+		return err
+	}
+	g.watch = w
+	defer func() {
+		g.watch.Close()
+		for _, h := range g.hooks {
+			h.Wait()
+		}
+		for _, h := range g.retired {
+			h.Wait()
+		}
+	}()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		if len(g.restore) > 0 {
+			// Between chunks of a restore, whatever else is due first.
+			select {
+			case <-ctx.Done():
+				return nil
+			case r := <-g.reqs:
+				g.handle(ctx, r)
+			case <-g.watch.C():
+				g.changes()
+			default:
+				g.restoreChunk()
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case r := <-g.reqs:
+			g.handle(ctx, r)
+		case <-g.watch.C():
+			g.changes()
+		case <-tick.C:
+			g.tick()
+		}
+	}
+}
+
+func (g *Gate) handle(ctx context.Context, r request) {
+	switch {
+	case r.install != nil:
+		r.install.done <- g.install(r.install.plan, r.install.doors)
+	case r.grant != nil:
+		g.grants(r.grant)
+	case r.revoke != nil:
+		g.revoke(r.revoke)
+	case r.ports != nil:
+		g.setPorts(r.ports.set, r.ports.ports)
+	case r.read != nil:
+		r.read.done <- g.read(r.read.set)
+	case r.inspect != nil:
+		r.inspect()
+	}
+}
+
+// install installs p and makes the ledger follow its doors. At the first
+// install the sets that stayed are read into the ledger (the table
+// outlived the daemon that made the grants); grant sets made anew get the
+// ledger's grants back, chunk by chunk.
+func (g *Gate) install(p *plan.Plan, doors []*config.Door) error {
+	kept, err := g.fw.Install(p)
+	if err != nil {
+		return err
+	}
+	g.plan = p
+	newDoors := map[string]*config.Door{}
+	newGates := map[string]plan.Door{}
+	limits := map[string]int{}
+	for _, d := range doors {
+		newDoors[d.Name] = d
+		limits[d.Name] = d.MaxGrants
+	}
+	for _, gd := range p.Doors {
+		if old, ok := g.gates[gd.Name]; ok && old.Anyone != gd.Anyone {
+			// A single source's grant must never become everyone's, nor
+			// the reverse.
+			g.ledger.Clear(gd.Name)
+		}
+		newGates[gd.Name] = gd
+	}
+	g.doors, g.gates = newDoors, newGates
+	g.ledger.SetDoors(limits)
+	g.setDoor = map[string]string{}
+	g.ports = map[string][]uint16{}
+	g.restore = g.restore[:0]
+	for _, s := range p.Sets {
+		switch s.Role {
+		case plan.RolePorts:
+			g.ports[s.Name] = portsOf(s.Elements)
+		case plan.RoleGrant:
+			g.setDoor[s.Name] = s.Door
+		}
+	}
+	for _, s := range p.Sets {
+		if s.Role != plan.RoleGrant {
+			continue
+		}
+		switch {
+		case kept[s.Name] && !g.seeded:
+			if err := g.readInto(s.Name); err != nil {
+				g.log.Error("reading the grants the table kept failed: they stay in the kernel until they run out, but are not restored if it is flushed",
+					zap.String("set", s.Name), zap.Error(err))
+			}
+		case !kept[s.Name]:
+			g.restore = append(g.restore, g.grantsIn(s.Name)...)
+		}
+	}
+	g.seeded = true
+	return nil
+}
+
+// grantsIn lists the ledger's live grants that set holds.
+func (g *Gate) grantsIn(set string) []ledger.Grant {
+	door := g.setDoor[set]
+	gd := g.gates[door]
+	var out []ledger.Grant
+	for _, gr := range g.ledger.Live(door, g.now()) {
+		if s, _ := gd.GrantSet(gr.Addr); s == set {
+			out = append(out, gr)
+		}
+	}
+	return out
+}
+
+// readInto files the elements of the grant set set in the ledger.
+func (g *Gate) readInto(set string) error {
+	els, err := g.fw.Read(set)
+	if err != nil {
+		return err
+	}
+	now := g.now()
+	door := g.setDoor[set]
+	for _, e := range els {
+		g.ledger.Record(g.grantOf(door, e.Key, e.Timeout, e.Expires, now))
+	}
+	return nil
+}
+
+// grantOf is the ledger's grant for an element of door's set.
+func (g *Gate) grantOf(door string, key []byte, timeout, left time.Duration, now time.Time) ledger.Grant {
+	addr, _ := nft.AddrOf(key, g.gates[door].Anyone)
+	gr := ledger.Grant{Door: door, Key: ledger.Key{Addr: addr}, Timeout: timeout}
+	if timeout != 0 {
+		gr.Expires = now.Add(left)
+	}
+	return gr
+}
+
+// restoreChunk puts the next chunk of the grants to restore back, each
+// with the time it has left; those that ran out meanwhile are skipped.
+func (g *Gate) restoreChunk() {
+	n := min(len(g.restore), restoreChunk)
+	chunk := g.restore[:n]
+	g.restore = g.restore[n:]
+	now := g.now()
+	bySet := map[string][]nft.Element{}
+	var order []string
+	for _, gr := range chunk {
+		if !gr.Live(now) {
+			continue
+		}
+		set, key := g.gates[gr.Door].GrantSet(gr.Addr)
+		e := nft.Element{Key: key}
+		if !gr.Expires.IsZero() {
+			left := gr.Expires.Sub(now).Truncate(time.Millisecond)
+			if left < time.Millisecond {
+				continue
+			}
+			// A restore never extends a grant: its timeout, and the
+			// time it had left as its expiration.
+			e.Timeout, e.Expires = max(gr.Timeout, left), left
+		}
+		if _, ok := bySet[set]; !ok {
+			order = append(order, set)
+		}
+		bySet[set] = append(bySet[set], e)
+	}
+	restored := 0
+	for _, set := range order {
+		refused, first, err := g.fw.Put(set, bySet[set])
+		if err != nil {
+			g.log.Error("restoring grants failed; the rest are tried at the next change of the table", zap.String("set", set), zap.Error(err))
+			g.restore = nil
+			return
+		}
+		restored += len(bySet[set]) - len(refused)
+		if len(refused) > 0 {
+			g.log.Warn("grants not restored: the kernel refused them", zap.String("set", set), zap.Int("refused", len(refused)), zap.Error(first))
+		}
+	}
+	if h := g.healing; h != nil {
+		h.restored += restored
+		if len(g.restore) == 0 {
+			g.healed()
+		}
+	}
+}
+
+// healed logs the end of a heal.
+func (g *Gate) healed() {
+	h := g.healing
+	g.healing = nil
+	g.log.Warn(fmt.Sprintf("table gone: re-installed with %d live grants restored", h.restored),
+		zap.String("table", "inet "+g.plan.Table), zap.Duration("took", g.now().Sub(h.start)))
+}
+
+// grants writes r and every grant request queued behind it, set by set.
+func (g *Gate) grants(r *Grant) {
+	reqs := []*Grant{r}
+	var rest []request
+drain:
+	for len(reqs) < grantBatch {
+		select {
+		case q := <-g.reqs:
+			if q.grant == nil {
+				rest = append(rest, q)
+				break drain
+			}
+			reqs = append(reqs, q.grant)
+		default:
+			break drain
+		}
+	}
+	now := g.now()
+	type write struct {
+		req    *Grant
+		key    ledger.Key
+		result ledger.Result
+		grant  ledger.Grant
+	}
+	var writes []write
+	for _, q := range reqs {
+		d := g.doors[q.Door]
+		if d == nil {
+			continue // the door went away in a reload
+		}
+		for _, a := range grantees(d, q.Addr) {
+			k := ledger.Key{Addr: a}
+			res, gr := g.ledger.Put(q.Door, k, d.OpenFor, q.By, now)
+			switch res {
+			case ledger.Full:
+				g.full[q.Door]++
+				continue
+			case ledger.NoDoor:
+				continue
+			}
+			writes = append(writes, write{q, k, res, gr})
+		}
+	}
+	bySet := map[string][]nft.Element{}
+	var order []string
+	index := map[string][]int{}
+	for i, w := range writes {
+		set, key := g.gates[w.req.Door].GrantSet(w.key.Addr)
+		e := nft.Element{Key: key, Timeout: w.grant.Timeout, Live: w.result != ledger.Added}
+		if w.result == ledger.Kept {
+			// A knock never shortens a grant: the longer one is written
+			// back as it is (or put back, had it gone missing).
+			e.Expires = w.grant.Expires.Sub(now).Truncate(time.Millisecond)
+			if w.grant.Expires.IsZero() {
+				e.Timeout, e.Expires = 0, 0
+			}
+		}
+		if _, ok := bySet[set]; !ok {
+			order = append(order, set)
+		}
+		bySet[set] = append(bySet[set], e)
+		index[set] = append(index[set], i)
+	}
+	failed := map[int]error{}
+	for _, set := range order {
+		refused, first, err := g.fw.Put(set, bySet[set])
+		if err != nil {
+			for _, i := range index[set] {
+				failed[i] = err
+			}
+			continue
+		}
+		for _, e := range refused {
+			for j, i := range index[set] {
+				if string(bySet[set][j].Key) == string(e.Key) {
+					failed[i] = first
+				}
+			}
+		}
+	}
+	opened := map[*Grant]bool{}
+	for i, w := range writes {
+		if err, bad := failed[i]; bad {
+			g.ledger.Delete(w.req.Door, w.key)
+			g.log.Error("door NOT opened: adding the source to the set failed", zap.String("door", w.req.Door),
+				zap.Stringer("source", w.req.Source), zap.Error(err))
+			opened[w.req] = false
+			continue
+		}
+		if _, seen := opened[w.req]; !seen {
+			opened[w.req] = true
+		}
+	}
+	for _, q := range reqs {
+		if opened[q] {
+			g.opened(q, now)
+		}
+	}
+	for _, q := range rest {
+		g.handle(context.Background(), q)
+	}
+}
+
+// grantees are the addresses a door opens to for addr: addr itself, or
+// for an open_to = "anyone" door every address of both families (the
+// unspecified addresses stand for them in the door's set).
+func grantees(d *config.Door, addr netip.Addr) []netip.Addr {
+	if d.OpenToAnyone {
+		return []netip.Addr{netip.IPv4Unspecified(), netip.IPv6Unspecified()}
+	}
+	return []netip.Addr{addr.Unmap()}
+}
+
+// opened logs a grant written and runs the door's on_open hook.
+func (g *Gate) opened(q *Grant, now time.Time) {
+	d := g.doors[q.Door]
+	to := q.Addr.String()
+	if d.OpenToAnyone {
+		to = "anyone"
+		g.lastSource[q.Door] = q.Source
+	}
+	fields := []zap.Field{zap.String("door", d.Name), zap.Stringer("source", q.Source), zap.String("to", to),
+		zap.Duration("for", d.OpenFor), zap.Stringers("ports", d.Open)}
+	if q.By != "" {
+		fields = append(fields, zap.String("key", q.By))
+	}
+	g.lines.Info("door opened", fields...)
+	g.runHook("on_open", d, q.Source)
+}
+
+func (g *Gate) revoke(r *revokeRequest) {
+	d := g.doors[r.door]
+	if d == nil {
+		return
+	}
+	for _, a := range grantees(d, r.addr) {
+		set, key := g.gates[d.Name].GrantSet(a)
+		if err := g.fw.Delete(set, [][]byte{key}); err != nil {
+			g.log.Error("door NOT closed: removing the source from the set failed", zap.String("door", d.Name),
+				zap.Stringer("source", r.source), zap.Error(err))
+			return
+		}
+		g.ledger.Delete(d.Name, ledger.Key{Addr: a})
+	}
+	g.lines.Info("door closed by close sequence", zap.String("door", d.Name), zap.Stringer("source", r.source))
+	g.runHook("on_close", d, r.source)
+}
+
+func (g *Gate) setPorts(set string, ports []uint16) {
+	if _, ok := g.ports[set]; !ok {
+		return // not a port set of the plan installed
+	}
+	g.ports[set] = ports
+	keys := make([][]byte, len(ports))
+	for i, e := range plan.PortElements(ports) {
+		keys[i] = e.Key
+	}
+	if err := g.fw.Replace(set, keys); err != nil {
+		// The old ports stay in the set (the batch is atomic); the
+		// tracker follows the new ones all the same, so a used-up
+		// sequence never opens the door again.
+		g.log.Error("knock ports not updated in the kernel", zap.String("set", set), zap.Error(err))
+	}
+}
+
+func (g *Gate) read(set string) readResult {
+	names, err := g.fw.SetNames()
+	if err != nil {
+		return readResult{err: err}
+	}
+	if !slices.Contains(names, set) {
+		return readResult{}
+	}
+	els, err := g.fw.Read(set)
+	if err != nil {
+		return readResult{err: err}
+	}
+	keys := make([]nftables.SetElement, len(els))
+	for i, e := range els {
+		keys[i] = nftables.SetElement{Key: e.Key}
+	}
+	return readResult{ports: portsOf(keys), ok: true}
+}
+
+func portsOf(els []nftables.SetElement) []uint16 {
+	var ports []uint16
+	for _, e := range els {
+		if len(e.Key) == 2 {
+			ports = append(ports, uint16(e.Key[0])<<8|uint16(e.Key[1]))
+		}
+	}
+	return ports
+}
+
+// tick runs once a second: on_close hooks of grants that ran out, the
+// summary of refused grants, and a heal due again.
+func (g *Gate) tick() {
+	now := g.now()
+	for _, gr := range g.ledger.Expired(now) {
+		d := g.doors[gr.Door]
+		if d == nil || len(d.OnClose) == 0 {
+			continue
+		}
+		src := gr.Addr
+		if d.OpenToAnyone {
+			src = g.lastSource[d.Name]
+		}
+		g.runHook("on_close", d, src)
+	}
+	for door, n := range g.full {
+		g.log.Warn("grants refused: the door holds max_grants live grants (a flood of completed knocks?)",
+			zap.String("door", door), zap.Uint64("refused", n), zap.Int("max_grants", g.doors[door].MaxGrants))
+		delete(g.full, door)
+	}
+	// Retries wait on the real clock, whatever g.now is.
+	if g.pending != 0 && !time.Now().Before(g.retryAt) {
+		ch := g.pending
+		g.pending = 0
+		g.watch.Again(ch)
+	}
+}
+
+// runHook runs door d's hook for event, if it has one.
+func (g *Gate) runHook(event string, d *config.Door, src netip.Addr) {
+	argv := d.OnOpen
+	if event == "on_close" {
+		argv = d.OnClose
+	}
+	if len(argv) == 0 {
+		return
+	}
+	h := g.hooks[d.Name]
+	if h == nil || h.Timeout() != d.HookTimeout {
+		if h != nil {
+			g.retired = append(g.retired, h)
+		}
+		h = hook.NewRunner(g.log, d.HookTimeout, g.maxHk)
+		g.hooks[d.Name] = h
+	}
+	h.Run(event, d.Name, src, argv)
+}
+
+// changes acts on what the Watcher saw others do to the table.
+func (g *Gate) changes() {
+	ch, elems := g.watch.Take()
+	if err := g.watch.Err(); err != nil {
+		// The Watcher stopped; anything may have happened since.
+		g.log.Warn("watching the table failed; watching anew", zap.Error(err))
+		g.watch.Close()
+		w, werr := g.fw.Watch()
+		if werr != nil {
+			g.log.Error("cannot watch the table: a flushed ruleset will not be noticed until this works", zap.Error(werr))
+			g.again(ch | nft.Overrun)
+			return
+		}
+		g.watch = w
+		ch |= nft.Overrun
+	}
+	if g.plan == nil {
+		return
+	}
+	if ch&(nft.ChangedRuleset|nft.Overrun) != 0 {
+		healed, err := g.heal(ch)
+		if err != nil {
+			g.log.Error("the table is damaged or could not be checked, and re-installing it failed; retrying",
+				zap.String("table", "inet "+g.plan.Table), zap.Duration("retry_in", g.backoff), zap.Error(err))
+			g.again(ch)
+			return
+		}
+		if healed {
+			return // the ledger is the truth the table was rebuilt from
+		}
+	}
+	now := g.now()
+	if ch&nft.Overrun != 0 {
+		// Element notifications were lost: read the grant sets anew.
+		if err := g.resync(); err != nil {
+			g.log.Error("reading grants changed by someone else failed; retrying", zap.Duration("retry_in", g.backoff), zap.Error(err))
+			g.again(nft.Overrun)
+			return
+		}
+	} else {
+		for _, e := range elems {
+			door, ok := g.setDoor[e.Set]
+			if !ok {
+				continue
+			}
+			if e.Deleted {
+				addr, _ := nft.AddrOf(e.Key, g.gates[door].Anyone)
+				g.ledger.Delete(door, ledger.Key{Addr: addr})
+				continue
+			}
+			g.ledger.Record(g.grantOf(door, e.Key, e.Timeout, e.Expires, now))
+		}
+	}
+	g.backoff = healRetryMin
+}
+
+// heal installs the plan again if the table no longer holds it, and queues
+// the ledger's grants to be put back. It reports whether it installed.
+func (g *Gate) heal(seen nft.Change) (bool, error) {
+	start := g.now()
+	ok, err := g.fw.Intact(g.plan)
+	if err != nil || ok {
+		return false, err
+	}
+	p := g.withPorts(g.plan)
+	kept, err := g.fw.Install(p)
+	if err != nil {
+		return false, err
+	}
+	var restore []ledger.Grant
+	for _, s := range p.Sets {
+		if s.Role == plan.RoleGrant && !kept[s.Name] {
+			restore = append(restore, g.grantsIn(s.Name)...)
+		}
+	}
+	g.restore = restore
+	g.backoff = healRetryMin
+	g.healing = &healRun{start: start}
+	g.log.Info("the table was damaged or deleted: its rules and sets are back; putting its grants back",
+		zap.String("table", "inet "+g.plan.Table), zap.Stringer("seen", seen), zap.Int("grants", len(restore)),
+		zap.Duration("gate_back_in", g.now().Sub(start)))
+	if len(restore) > 0 {
+		g.restoreChunk()
+	} else {
+		g.healed()
+	}
+	return true, nil
+}
+
+// withPorts is p with the port sets holding what they were last told.
+func (g *Gate) withPorts(p *plan.Plan) *plan.Plan {
+	q := *p
+	q.Sets = slices.Clone(p.Sets)
+	for i := range q.Sets {
+		if ports, ok := g.ports[q.Sets[i].Name]; ok {
+			q.Sets[i].Elements = plan.PortElements(ports)
+		}
+	}
+	return &q
+}
+
+// resync replaces the ledger's grants with what the grant sets hold now.
+// On error the ledger stays as it was.
+func (g *Gate) resync() error {
+	now := g.now()
+	read := map[string][]nft.Element{}
+	for set := range g.setDoor {
+		els, err := g.fw.Read(set)
+		if err != nil {
+			return err
+		}
+		read[set] = els
+	}
+	for _, door := range g.ledger.Doors() {
+		g.ledger.Clear(door)
+	}
+	for set, els := range read {
+		for _, e := range els {
+			g.ledger.Record(g.grantOf(g.setDoor[set], e.Key, e.Timeout, e.Expires, now))
+		}
+	}
+	return nil
+}
+
+// again schedules ch to be looked at again after the backoff, and doubles
+// it.
+func (g *Gate) again(ch nft.Change) {
+	g.pending |= ch
+	g.retryAt = time.Now().Add(g.backoff)
+	g.backoff = min(2*g.backoff, healRetryMax)
+}

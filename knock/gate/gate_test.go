@@ -1,0 +1,247 @@
+package gate
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/knock/ledger"
+	"github.com/nftknock/nftknock/nft"
+	"github.com/nftknock/nftknock/nft/plan"
+)
+
+// clock is a time the test moves.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+type testGate struct {
+	*Gate
+	t     *testing.T
+	fw    *FakeFirewall
+	clock *clock
+	logs  *observer.ObservedLogs
+	doors []*config.Door
+}
+
+func door(name string, open time.Duration) *config.Door {
+	return &config.Door{Name: name, Open: []config.Port{{Num: 22, Proto: config.TCP}}, OpenFor: open, MaxGrants: 1024, HookTimeout: time.Second}
+}
+
+func planFor(doors ...*config.Door) *plan.Plan {
+	b := plan.NewBuilder("nftknock", 7113, func(d string) string { return d + "/1" })
+	for _, d := range doors {
+		b.Door(plan.Door{Name: d.Name, Open: d.Open, Anyone: d.OpenToAnyone, MaxGrants: d.MaxGrants})
+	}
+	return b.Build()
+}
+
+func startGate(t *testing.T, doors ...*config.Door) *testGate {
+	t.Helper()
+	c := &clock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	core, logs := observer.New(zap.DebugLevel)
+	fw := NewFakeFirewall(c.now)
+	g := &testGate{Gate: New(fw, Options{Log: zap.New(core), Now: c.now}), t: t, fw: fw, clock: c, logs: logs, doors: doors}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	g.install(doors...)
+	return g
+}
+
+func (g *testGate) install(doors ...*config.Door) {
+	g.t.Helper()
+	g.doors = doors
+	if err := g.Install(context.Background(), planFor(doors...), doors); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
+// wait waits until cond holds, or fails after a few seconds.
+func (g *testGate) wait(what string, cond func() bool) {
+	g.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			g.t.Fatalf("not within 5s: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (g *testGate) element(set string, a netip.Addr) (nft.Element, bool) {
+	for _, e := range g.fw.Elements(set) {
+		if string(e.Key) == string(a.AsSlice()) || (len(e.Key) == 1 && a.IsUnspecified()) {
+			return e, true
+		}
+	}
+	return nft.Element{}, false
+}
+
+func (g *testGate) open(doorName string, a netip.Addr) {
+	g.Open(Grant{Door: doorName, Addr: a, Source: a})
+	set, _ := plan.Door{Name: doorName}.GrantSet(a)
+	g.wait("the grant of "+a.String(), func() bool { _, ok := g.element(set, a); return ok })
+}
+
+var (
+	alice = netip.MustParseAddr("198.51.100.1")
+	bob   = netip.MustParseAddr("198.51.100.2")
+)
+
+// TestHealRestoresWithTimeLeft: after a flush, the gate installs the table
+// again and puts every live grant back with its timeout and the time it
+// had left, never more; grants that ran out meanwhile stay out.
+func TestHealRestoresWithTimeLeft(t *testing.T) {
+	g := startGate(t, door("ssh", 30*time.Second))
+	g.open("ssh", alice)
+	g.clock.add(10 * time.Second)
+	g.Open(Grant{Door: "ssh", Addr: bob, Source: bob})
+	g.wait("bob's grant", func() bool { _, ok := g.element("ssh_v4", bob); return ok })
+	g.clock.add(25 * time.Second) // alice's has run out, bob's has 5s left
+	g.fw.Flush()
+	g.wait("the heal", func() bool { return g.logs.FilterMessage("table gone: re-installed with 1 live grants restored").Len() == 1 })
+	e, ok := g.element("ssh_v4", bob)
+	if !ok || e.Timeout != 30*time.Second || e.Expires != 5*time.Second {
+		t.Errorf("bob's restored grant %+v (%v): want timeout 30s, 5s left", e, ok)
+	}
+	if _, ok := g.element("ssh_v4", alice); ok {
+		t.Error("a grant that ran out was restored")
+	}
+}
+
+// TestHealActs: what the gate does for each kind of change someone else
+// makes: elements go into the ledger without a look at the rules; a
+// damaged table is installed again; a table that is still whole is left.
+func TestHealActs(t *testing.T) {
+	g := startGate(t, door("ssh", 30*time.Second))
+	installs := g.fw.Installs()
+	g.fw.AddElement("ssh_v4", bob.AsSlice(), time.Hour)
+	g.wait("bob in the ledger", func() bool { _, ok := g.ledgerGet("ssh", bob); return ok })
+	if g.fw.Installs() != installs {
+		t.Error("an element someone added made the gate install")
+	}
+	g.watch.Again(nft.ChangedRuleset) // a change elsewhere in the ruleset: intact
+	time.Sleep(50 * time.Millisecond)
+	if g.fw.Installs() != installs {
+		t.Error("an intact table was installed again")
+	}
+	g.fw.Flush()
+	g.wait("the heal", func() bool { return g.fw.Installs() == installs+1 })
+	if e, ok := g.element("ssh_v4", bob); !ok || e.Timeout != time.Hour {
+		t.Errorf("someone's grant after the heal: %+v %v", e, ok)
+	}
+	g.fw.DeleteElement("ssh_v4", bob.AsSlice())
+	g.wait("bob out of the ledger", func() bool { _, ok := g.ledgerGet("ssh", bob); return !ok })
+}
+
+// ledgerGet asks the gate's goroutine for a grant of the ledger.
+func (g *testGate) ledgerGet(door string, a netip.Addr) (ledger.Grant, bool) {
+	got := make(chan struct {
+		g  ledger.Grant
+		ok bool
+	}, 1)
+	g.reqs <- request{inspect: func() {
+		gr, ok := g.ledger.Get(door, ledger.Key{Addr: a}, g.now())
+		got <- struct {
+			g  ledger.Grant
+			ok bool
+		}{gr, ok}
+	}}
+	r := <-got
+	return r.g, r.ok
+}
+
+// TestHealRetries: a heal that fails is tried again later, and works then.
+func TestHealRetries(t *testing.T) {
+	g := startGate(t, door("ssh", time.Hour))
+	g.open("ssh", alice)
+	g.fw.FailNextInstall(errors.New("kernel says no"))
+	g.fw.Flush()
+	g.wait("the failure logged", func() bool {
+		return g.logs.FilterMessageSnippet("re-installing it failed").Len() == 1
+	})
+	g.wait("the retry", func() bool { _, ok := g.element("ssh_v4", alice); return ok })
+}
+
+// TestKindSwitchDropsGrants: a reload that turns a door from open_to
+// "source" to "anyone" (or back) drops its grants: a single source's grant
+// must never become everyone's, nor the reverse.
+func TestKindSwitchDropsGrants(t *testing.T) {
+	d := door("ssh", time.Hour)
+	g := startGate(t, d)
+	g.open("ssh", alice)
+	anyone := *d
+	anyone.OpenToAnyone = true
+	g.install(&anyone)
+	g.fw.Flush()
+	g.wait("the heal", func() bool { return g.logs.FilterMessageSnippet("re-installed with 0 live grants restored").Len() == 1 })
+	if els := g.fw.Elements("ssh_anyone"); len(els) != 0 {
+		t.Errorf("ssh_anyone after the switch: %v", els)
+	}
+}
+
+// TestFailedWriteIsLogged: a grant the kernel did not take is logged as
+// not opened and forgotten by the ledger.
+func TestFailedWriteIsLogged(t *testing.T) {
+	g := startGate(t, door("ssh", time.Hour))
+	g.fw.FailNextPut(errors.New("netlink: boom"))
+	g.Open(Grant{Door: "ssh", Addr: alice, Source: alice})
+	g.wait("the failure logged", func() bool { return g.logs.FilterMessageSnippet("NOT opened").Len() == 1 })
+	if g.logs.FilterMessage("door opened").Len() != 0 {
+		t.Error("logged the door as opened although the grant failed")
+	}
+	if _, ok := g.ledgerGet("ssh", alice); ok {
+		t.Error("the ledger kept a grant the kernel did not take")
+	}
+}
+
+// TestOnCloseHookAtExpiry: a door's on_close hook runs once its grant has
+// run out, with the source; on_open when it opens.
+func TestOnCloseHookAtExpiry(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "hook")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"$NFTKNOCK_EVENT $1\" >> "+dir+"/events\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	d := door("ssh", 2*time.Second)
+	d.OnOpen, d.OnClose = []string{script, "{src}"}, []string{script, "{src}"}
+	g := startGate(t, d)
+	g.open("ssh", alice)
+	events := func() string { b, _ := os.ReadFile(filepath.Join(dir, "events")); return string(b) }
+	g.wait("on_open", func() bool { return strings.Contains(events(), "on_open 198.51.100.1") })
+	if strings.Contains(events(), "on_close") {
+		t.Fatal("on_close before expiry")
+	}
+	g.clock.add(3 * time.Second)
+	g.wait("on_close", func() bool { return strings.Contains(events(), "on_close 198.51.100.1") })
+}

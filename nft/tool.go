@@ -1,0 +1,252 @@
+package nft
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
+
+	"github.com/nftknock/nftknock/nft/plan"
+)
+
+// The nftknock tool's Firewall never installs: it works on the table the
+// daemon installed, and finds the doors there. Doors reads them from the
+// kernel's sets; Grant, Revoke and Grants look a door's sets up there. A
+// running daemon hears of what the tool changes through nf_tables'
+// notifications (watch.go) and takes it into its ledger.
+
+// ErrNotInstalled is returned (wrapped) when the table does not exist.
+var ErrNotInstalled = errors.New("not installed")
+
+// Grant is one live element of a door set.
+type Grant struct {
+	Door string
+	// Addr is the address let in; for an open_to = "anyone" door, the
+	// unspecified address of the family the element opens.
+	Addr netip.Addr
+	// Timeout is the element's whole timeout; Expires is the time left.
+	Timeout, Expires time.Duration
+}
+
+// Doors lists the doors the table holds sets for, read from the kernel, in
+// the order their sets were created (config order, for a table the daemon
+// installed). A door that lets sources in is listed when the table has both
+// of its sets, <door>_v4 and <door>_v6, in the shape Install gives them
+// (addresses of the right family, timeout flag, a plain set); an open_to =
+// "anyone" door when it has <door>_anyone (nf_proto, timeout flag). Sets of
+// other names or shapes are not doors. The error wraps ErrNotInstalled when
+// the table does not exist.
+func (f *Firewall) Doors() ([]string, error) {
+	sets, ok, err := f.tableSets()
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("table inet %s: %w", f.table.Name, ErrNotInstalled)
+	}
+	doors, anyone := doorsOf(sets)
+	f.anyone = anyone
+	return doors, nil
+}
+
+// tableSets lists the table's sets, read from the kernel; ok is false
+// (with no error) when the table does not exist.
+func (f *Firewall) tableSets() (sets []*nftables.Set, ok bool, err error) {
+	if ok, err = f.Installed(); err != nil || !ok {
+		return nil, false, err
+	}
+	c, err := f.c()
+	if err != nil {
+		return nil, false, err
+	}
+	if sets, err = c.GetSets(f.table); err != nil {
+		f.reset()
+		return nil, false, fmt.Errorf("list sets of table inet %s: %w", f.table.Name, err)
+	}
+	return sets, true, nil
+}
+
+// SetNames lists the names of the table's sets; none when it does not
+// exist.
+func (f *Firewall) SetNames() ([]string, error) {
+	sets, _, err := f.tableSets()
+	var names []string
+	for _, s := range sets {
+		if !s.Anonymous {
+			names = append(names, s.Name)
+		}
+	}
+	return names, err
+}
+
+// AnyoneDoor tells whether door is an open_to = "anyone" door, as the last
+// Doors found it: its grants open the door to every address of a family,
+// and stand as the family's unspecified address (0.0.0.0, ::).
+func (f *Firewall) AnyoneDoor(door string) bool { return f.anyone[door] }
+
+// doorsOf picks the doors out of a table's sets.
+func doorsOf(sets []*nftables.Set) (doors []string, anyone map[string]bool) {
+	shaped := map[string]bool{}
+	for _, s := range sets {
+		door, v6, ok := parseSetName(s.Name)
+		want := pick(v6, nftables.TypeIP6Addr, nftables.TypeIPAddr)
+		if ok && !s.Dynamic && s.HasTimeout && !s.IsMap && !s.Interval && !s.Concatenation &&
+			s.KeyType.GetNFTMagic() == want.GetNFTMagic() {
+			shaped[plan.SetName(door, v6)] = true
+		}
+	}
+	anyone = map[string]bool{}
+	for _, s := range sets {
+		if door, ok := strings.CutSuffix(s.Name, "_anyone"); ok && door != "" &&
+			s.KeyType.GetNFTMagic() == nftables.TypeNFProto.GetNFTMagic() && s.HasTimeout && !s.Dynamic && !s.Interval && !s.IsMap {
+			doors = append(doors, door)
+			anyone[door] = true
+			continue
+		}
+		door, v6, ok := parseSetName(s.Name)
+		if !ok || v6 || !shaped[s.Name] || !shaped[plan.SetName(door, true)] {
+			continue
+		}
+		doors = append(doors, door)
+	}
+	return doors, anyone
+}
+
+func pick[T any](b bool, yes, no T) T {
+	if b {
+		return yes
+	}
+	return no
+}
+
+// parseSetName undoes plan.SetName.
+func parseSetName(name string) (door string, v6, ok bool) {
+	if door, ok := strings.CutSuffix(name, "_v4"); ok && door != "" {
+		return door, false, true
+	}
+	if door, ok := strings.CutSuffix(name, "_v6"); ok && door != "" {
+		return door, true, true
+	}
+	return "", false, false
+}
+
+// gate is door as the kernel's sets show it, for the tool: which set
+// holds a grant to an address, and its key there.
+func (f *Firewall) gate(door string) (*plan.Door, error) {
+	doors, err := f.Doors()
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(doors, door) {
+		if len(doors) == 0 {
+			return nil, fmt.Errorf("door %q has no sets in table inet %s, and no other door has", door, f.table.Name)
+		}
+		return nil, fmt.Errorf("door %q has no sets in table inet %s; doors that do: %s", door, f.table.Name, strings.Join(doors, ", "))
+	}
+	return &plan.Door{Name: door, Anyone: f.anyone[door]}, nil
+}
+
+// Grant lets addr through door's opened ports for d, counted from now, as
+// the daemon's own grants do: one batch that adds the element or restarts
+// its timer.
+func (f *Firewall) Grant(door string, addr netip.Addr, d time.Duration) error {
+	addr = addr.Unmap().WithZone("")
+	if err := f.grantTool(door, addr, d); err != nil {
+		return fmt.Errorf("grant %s to %s: %w", door, addr, err)
+	}
+	return nil
+}
+
+func (f *Firewall) grantTool(door string, addr netip.Addr, d time.Duration) error {
+	if !addr.IsValid() {
+		return errors.New("invalid address")
+	}
+	if d < time.Millisecond {
+		// The kernel counts in milliseconds, and a zero timeout would
+		// mean "never expires".
+		return fmt.Errorf("timeout %v is under a millisecond", d)
+	}
+	g, err := f.gate(door)
+	if err != nil {
+		return err
+	}
+	set, key := g.GrantSet(addr)
+	// Live: the kernel may hold it; the tool keeps no record to say.
+	_, first, err := f.Put(set, []Element{{Key: key, Timeout: d, Live: true}})
+	if err == nil {
+		err = first
+	}
+	return err
+}
+
+// Revoke removes addr from door's set at once. An element that is already
+// gone (never granted, expired, revoked) is not an error.
+func (f *Firewall) Revoke(door string, addr netip.Addr) error {
+	addr = addr.Unmap().WithZone("")
+	if !addr.IsValid() {
+		return fmt.Errorf("revoke %s: invalid address", door)
+	}
+	g, err := f.gate(door)
+	if err != nil {
+		return fmt.Errorf("revoke %s from %s: %w", door, addr, err)
+	}
+	set, key := g.GrantSet(addr)
+	if err := f.Delete(set, [][]byte{key}); err != nil {
+		return fmt.Errorf("revoke %s from %s: %w", door, addr, err)
+	}
+	return nil
+}
+
+// Grants reads every live element of every door's sets from the kernel,
+// by door in the order Doors gives, then IPv4 before IPv6, then address.
+// A grant of an open_to = "anyone" door has the unspecified address of
+// its family.
+func (f *Firewall) Grants() ([]Grant, error) {
+	doors, err := f.Doors()
+	if err != nil {
+		return nil, err
+	}
+	var grants []Grant
+	for _, door := range doors {
+		sets := []string{plan.SetName(door, false), plan.SetName(door, true)}
+		if f.anyone[door] {
+			sets = []string{plan.AnyoneSetName(door)}
+		}
+		var gs []Grant
+		for _, set := range sets {
+			els, err := f.Read(set)
+			if err != nil {
+				return nil, fmt.Errorf("list grants of door %s: %w", door, err)
+			}
+			for _, e := range els {
+				addr, ok := AddrOf(e.Key, f.anyone[door])
+				if ok {
+					gs = append(gs, Grant{Door: door, Addr: addr, Timeout: e.Timeout, Expires: e.Expires})
+				}
+			}
+		}
+		slices.SortFunc(gs, func(a, b Grant) int { return a.Addr.Compare(b.Addr) })
+		grants = append(grants, gs...)
+	}
+	return grants, nil
+}
+
+// AddrOf undoes plan.Door.GrantSet: the address a grant set's element key
+// stands for.
+func AddrOf(key []byte, anyone bool) (netip.Addr, bool) {
+	if !anyone {
+		return netip.AddrFromSlice(key)
+	}
+	switch {
+	case len(key) == 1 && key[0] == unix.NFPROTO_IPV4:
+		return netip.IPv4Unspecified(), true
+	case len(key) == 1 && key[0] == unix.NFPROTO_IPV6:
+		return netip.IPv6Unspecified(), true
+	}
+	return netip.Addr{}, false
+}
