@@ -86,6 +86,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzLoadOneTime -fuzztime 60s ./config/
 	$(GO) test -run '^$$' -fuzz FuzzTracker -fuzztime 60s ./knock/
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 60s ./knock/spa/
+	$(GO) test -run '^$$' -fuzz 'FuzzOpen$$' -fuzztime 60s ./knock/fwknop/
+	$(GO) test -run '^$$' -fuzz FuzzOpenPlaintext -fuzztime 60s ./knock/fwknop/
+	$(GO) test -run '^$$' -fuzz FuzzMigrateFwknop -fuzztime 60s ./cmd/nftknock/
 
 demo: deps build
 	$(GO) run ./integration/demo -daemon $(BIN)/nftknockd

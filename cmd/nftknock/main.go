@@ -5,6 +5,7 @@
 //	nftknock grant -door DOOR -for DURATION [-table NAME | -config FILE] ADDRESS
 //	nftknock revoke -door DOOR [-table NAME | -config FILE] ADDRESS
 //	nftknock migrate KNOCKD_CONF
+//	nftknock migrate -fwknop ACCESS_CONF [-fwknopd-conf FWKNOPD_CONF] -keys-dir DIR
 //	nftknock knock [-u] [-d MS] [-4|-6] [-v] HOST PORT[:tcp|udp|icmp]...
 //	nftknock keygen
 //	nftknock spa -door NAME -key-file FILE [-allow ADDRESS] [-p PORT] HOST

@@ -16,8 +16,8 @@ import (
 
 var migrateCmd = &command{
 	name:     "migrate",
-	synopsis: "KNOCKD_CONF",
-	summary:  "print an nftknock TOML for a knockd.conf",
+	synopsis: "KNOCKD_CONF | -fwknop ACCESS_CONF [-fwknopd-conf FWKNOPD_CONF] -keys-dir DIR",
+	summary:  "print an nftknock TOML for a knockd.conf or an fwknopd access.conf",
 	help: `Reads a knockd configuration (such as /etc/knockd.conf) and prints the
 equivalent nftknock configuration on stdout. Sequences, seq_timeout,
 tcpflags, one_time_sequences and cmd_timeout (as open_for) carry over; the
@@ -28,10 +28,22 @@ delete the same rule ([openSSH]/[closeSSH]) becomes one door with a
 close_sequence. What cannot be carried over is named in comments and on
 stderr. Check the result with nftknockd -check -config FILE.
 
+With -fwknop, reads fwknopd's access.conf instead (and fwknopd.conf with
+-fwknopd-conf, for the UDP port and MAX_SPA_PACKET_AGE): each stanza
+becomes an fwknop door, and its KEY_BASE64 and HMAC_KEY_BASE64 are written
+to DIR/<door>.key and DIR/<door>.hmac (mode 0600; an existing file that
+holds another key is never overwritten). A stanza without an HMAC key, a
+GnuPG-only stanza, one without OPEN_PORTS, and one that NATs or expires is
+not converted, and says why.
+
 Exit status: 0 converted; 1 a door (or the file) could not be converted —
 what could be converted is printed all the same; 2 usage error.`,
 	flags: func(fs *flag.FlagSet) func(e *env, args []string) int {
+		fw := addFwknopFlags(fs)
 		return func(e *env, args []string) int {
+			if fw.given() {
+				return fw.run(e, args)
+			}
 			if len(args) != 1 {
 				return usageErr(e, "migrate", "give one knockd.conf file")
 			}

@@ -125,6 +125,22 @@ func ParseKey(text []byte) ([]byte, error) {
 // regular file or that its group or others can read: a key must stay
 // secret. Both the daemon (for a door's key_file) and the client use it.
 func ReadKeyFile(path string) ([]byte, error) {
+	data, err := ReadSecretFile(path)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := ParseKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return raw, nil
+}
+
+// ReadSecretFile reads the first 1 KiB of a file that holds a key,
+// refusing one that is not a regular file or that its group or others can
+// read. The caller parses what it returns (ReadKeyFile here; the fwknop
+// doors' key files too).
+func ReadSecretFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -142,19 +158,11 @@ func ReadKeyFile(path string) ([]byte, error) {
 	if perm := fi.Mode().Perm(); perm&0o044 != 0 {
 		return nil, fmt.Errorf("%s: readable by group or others (mode %04o): a key must stay secret. Fix: chmod 600 %s", path, perm, path)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, maxKeyFile))
-	if err != nil {
-		return nil, err
-	}
-	raw, err := ParseKey(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %v", path, err)
-	}
-	return raw, nil
+	return io.ReadAll(io.LimitReader(f, maxKeyFile))
 }
 
 // maxKeyFile bounds what is read of a key file: base64 of 32 bytes and a
-// newline need 45.
+// newline need 45; an fwknop HMAC key of 128 bytes, 173.
 const maxKeyFile = 1024
 
 // GenerateKey returns a new key file's contents: base64 of 32 random
