@@ -105,6 +105,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzLoadOneTime -fuzztime 60s ./config/
 	$(GO) test -run '^$$' -fuzz FuzzTracker -fuzztime 60s ./knock/
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 60s ./knock/spa/
+	$(GO) test -run '^$$' -fuzz FuzzReadDNATRule -fuzztime 60s ./nft/
 
 demo: deps build
 	$(GO) run ./integration/demo -daemon $(BIN)/nftknockd
