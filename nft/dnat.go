@@ -209,7 +209,10 @@ func familyName(f nftables.TableFamily) (string, bool) {
 
 func ruleComment(r *nftables.Rule) string {
 	// The comment is nft's userdata TLV: type 0 (comment), length, text
-	// with its NUL. Anything else in the userdata is not a comment.
+	// with its NUL. Anything else in the userdata is not a comment. Not
+	// the library's userdata.Get: v0.3.0 slices before it checks the
+	// length, and panics on a TLV that runs past the end, which any tool
+	// may have written.
 	ud := r.UserData
 	for len(ud) >= 2 {
 		typ, n := ud[0], int(ud[1])
