@@ -9,6 +9,13 @@ PKGS    := ./config/... ./knock/... ./nft/... ./cmd/...
 # page references (no running systemd needed).
 # nmap and hping3: the scans, stray TCP flags and the flood of issue 3.
 DEB_DEPS := nftables knockd iproute2 socat iputils-ping systemd man-db nmap hping3
+# The neighbours the integration tests run next to the daemon, inside the
+# lab's namespaces (integration/neighbours): Debian's Docker, firewalld and
+# ufw, and busybox-static for the container's image. Installed without
+# recommends, behind a policy-rc.d that exits 101, so that their maintainer
+# scripts start no service on this machine; the policy-rc.d is removed
+# after if `make deps` put it there.
+NEIGHBOUR_DEPS := docker.io firewalld ufw busybox-static
 
 # Version stamped into the binaries: -ldflags "-X main.version=…", for every
 # command (`nftknockd -version`, `nftknock -version`).
@@ -42,11 +49,23 @@ $(BIN)/nftknock: FORCE
 FORCE:
 
 deps:
-	@missing=""; \
+	@missing=""; neighbours=""; \
 	for p in $(DEB_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in $(NEIGHBOUR_DEPS); do dpkg -s $$p >/dev/null 2>&1 || neighbours="$$neighbours $$p"; done; \
+	if [ -n "$$missing$$neighbours" ]; then apt-get update -qq || exit 1; fi; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	fi; \
+	if [ -n "$$neighbours" ]; then \
+		echo "installing:$$neighbours"; \
+		guard=""; \
+		if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d && guard=1; \
+		fi; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$neighbours >/dev/null; rc=$$?; \
+		if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+		exit $$rc; \
 	fi
 
 vet:
@@ -89,6 +108,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz 'FuzzOpen$$' -fuzztime 60s ./knock/fwknop/
 	$(GO) test -run '^$$' -fuzz FuzzOpenPlaintext -fuzztime 60s ./knock/fwknop/
 	$(GO) test -run '^$$' -fuzz FuzzMigrateFwknop -fuzztime 60s ./cmd/nftknock/
+	$(GO) test -run '^$$' -fuzz FuzzReadDNATRule -fuzztime 60s ./nft/
 
 demo: deps build
 	$(GO) run ./integration/demo -daemon $(BIN)/nftknockd
