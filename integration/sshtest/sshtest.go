@@ -41,7 +41,7 @@ func Require(tb testing.TB, tools ...string) {
 
 // Key is a key pair ssh-keygen made.
 type Key struct {
-	Path    string // the private key; Path+".pub" the public one
+	Path    string     // the private key; Path+".pub" the public one
 	Signer  ssh.Signer // nil for a key with a passphrase
 	Public  ssh.PublicKey
 	Line    string // the .pub file's line, without the newline
