@@ -14,9 +14,10 @@
 //	nftknock help [COMMAND]
 //	nftknock -version
 //
-// Every command talks to the kernel's sets directly, over netlink: it
-// works the same whether nftknockd runs or not, and needs what nftables
-// needs (root, or CAP_NET_ADMIN). A running daemon hears of grants and
+// status, grant and revoke talk to the kernel's sets directly, over
+// netlink: they work the same whether nftknockd runs or not, and need what
+// nftables needs (root, or CAP_NET_ADMIN); knock, keygen, spa, open and
+// proxy are the client side, and touch no firewall state. A running daemon hears of grants and
 // revocations made here through nf_tables' notifications: it restores them
 // too if the table is ever flushed, and a knock never shortens them.
 //

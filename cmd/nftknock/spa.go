@@ -144,6 +144,8 @@ terminal if it has one).`,
 				return usageErr(e, "spa", "-p %d is out of range 1-65535", *port)
 			case *allow != "" && *nat:
 				return usageErr(e, "spa", "give -allow or -nat, not both")
+			case *keyFile != "" && *identity != "agent":
+				return usageErr(e, "spa", "-identity is for public-key doors: a shared-key door's datagram is sealed with -key-file")
 			}
 			p.kind = kindSharedSPA
 			if *keyFile == "" {

@@ -252,8 +252,8 @@ func (w *Watcher) loadUsers(problems *[]Problem) users {
 		u, err := readPasswd(w.opt.Passwd)
 		if err != nil {
 			u = users{}
+			// Read again when it changes; until then, no homes.
 			*problems = append(*problems, Problem{File: w.opt.Passwd, Reason: fmt.Sprintf("%v: homes unknown, only root's files (and those under a .ssh) are trusted", err)})
-			stamp = "" // try again next poll
 		}
 		w.users, w.passwdStamp = u, stamp
 		// A user's home moved: every file's owner may have changed.

@@ -9,7 +9,7 @@
 // The seal is HPKE (RFC 9180, Go's crypto/hpke) in base mode with
 // DHKEM(X25519, HKDF-SHA256), HKDF-SHA256 and ChaCha20-Poly1305, info
 // "nftknock sshspa v1". Each datagram has its own ephemeral key, so a
-// listener sees 691 random-looking bytes behind a 3-byte header: not the
+// listener sees 688 random-looking bytes behind a 3-byte header: not the
 // door, not the key, not the address asked for. ChaCha20-Poly1305 rather
 // than AES-256-GCM: it is constant-time in software on every CPU, and
 // knock daemons run on small ARM and MIPS routers without AES
