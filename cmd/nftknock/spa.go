@@ -106,9 +106,9 @@ key, which one of the door's authorized_keys files must list.
 -server-key-file FILE holds the server's public key, one OpenSSH
 public-key line (ssh-keygen -y -f of the server key, or what
 nftknock keygen -server printed); -known-hosts takes the server's
-ssh-ed25519 host key from ~/.ssh/known_hosts (hashed names too), as ssh
-would for HOST on port 22, so a server you have logged in to needs
-nothing more. The identity is by default the SSH agent at $SSH_AUTH_SOCK:
+ssh-ed25519 host key from ~/.ssh/known_hosts or /etc/ssh/ssh_known_hosts
+(hashed names too), as ssh would for HOST on port 22, so a server you
+have logged in to needs nothing more. The identity is by default the SSH agent at $SSH_AUTH_SOCK:
 as ssh does, each of its keys in turn, one datagram per key, at most 8.
 -identity KEYFILE names one key: a public key file (the agent's matching
 key signs), or a private key file (asking for its passphrase on the
@@ -117,7 +117,7 @@ terminal if it has one).`,
 		door := fs.String("door", "", "the `door` to open (required)")
 		keyFile := fs.String("key-file", "", "the door's shared key `file`")
 		serverKey := fs.String("server-key-file", "", "public-key door: the server's public key `file`")
-		knownHosts := fs.Bool("known-hosts", false, "public-key door: take the server's ed25519 host key from ~/.ssh/known_hosts")
+		knownHosts := fs.Bool("known-hosts", false, "public-key door: take the server's ed25519 host key from ~/.ssh/known_hosts (or /etc/ssh/ssh_known_hosts)")
 		identity := fs.String("identity", "agent", "public-key door: `agent`, or a key file (public: the agent's matching key; private: that key)")
 		allow := fs.String("allow", "", "ask the door to open for this `address` instead of the one the datagram is sent from")
 		nat := fs.Bool("nat", false, "seal no address: the door opens for the datagram's source (behind NAT)")
@@ -242,11 +242,12 @@ func (p *knockPlan) serverPublicKey(e *env) (*sshspa.ServerPublicKey, error) {
 	if p.serverKeyFile != "" {
 		return sshspa.ReadServerPublicKeyFile(expandHome(e, p.serverKeyFile))
 	}
-	home := e.env("HOME")
-	if home == "" {
-		return nil, errors.New("known_hosts: $HOME is not set")
+	// ssh's default UserKnownHostsFile and GlobalKnownHostsFile.
+	var files []string
+	if home := e.env("HOME"); home != "" {
+		files = append(files, filepath.Join(home, ".ssh", "known_hosts"), filepath.Join(home, ".ssh", "known_hosts2"))
 	}
-	files := []string{filepath.Join(home, ".ssh", "known_hosts"), filepath.Join(home, ".ssh", "known_hosts2")}
+	files = append(files, "/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 	return sshspa.KnownHostsKey(files, p.host, p.sshPort)
 }
 
