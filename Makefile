@@ -8,7 +8,9 @@ PKGS    := ./config/... ./knock/... ./nft/... ./cmd/...
 # systemd and man-db: `systemd-analyze verify` of the unit and of its man
 # page references (no running systemd needed).
 # nmap and hping3: the scans, stray TCP flags and the flood of issue 3.
-DEB_DEPS := nftables knockd iproute2 socat iputils-ping systemd man-db nmap hping3
+# openssh-client and openssh-server: public-key SPA doors (ssh-keygen,
+# ssh-agent, ssh, and an sshd the tests run in a namespace).
+DEB_DEPS := nftables knockd iproute2 socat iputils-ping systemd man-db nmap hping3 openssh-client openssh-server
 # The neighbours the integration tests run next to the daemon, inside the
 # lab's namespaces (integration/neighbours): Debian's Docker, firewalld and
 # ufw, and busybox-static for the container's image. Installed without
@@ -52,21 +54,21 @@ deps:
 	@missing=""; neighbours=""; \
 	for p in $(DEB_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	for p in $(NEIGHBOUR_DEPS); do dpkg -s $$p >/dev/null 2>&1 || neighbours="$$neighbours $$p"; done; \
-	if [ -n "$$missing$$neighbours" ]; then apt-get update -qq || exit 1; fi; \
+	[ -n "$$missing$$neighbours" ] || exit 0; \
+	apt-get update -qq || exit 1; \
+	guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d && guard=1; \
+	fi; rc=0; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || rc=1; \
 	fi; \
-	if [ -n "$$neighbours" ]; then \
+	if [ -n "$$neighbours" ] && [ $$rc -eq 0 ]; then \
 		echo "installing:$$neighbours"; \
-		guard=""; \
-		if [ ! -e /usr/sbin/policy-rc.d ]; then \
-			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d && guard=1; \
-		fi; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$neighbours >/dev/null; rc=$$?; \
-		if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
-		exit $$rc; \
-	fi
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$neighbours >/dev/null || rc=1; \
+	fi; \
+	[ -z "$$guard" ] || rm -f /usr/sbin/policy-rc.d; \
+	exit $$rc
 
 vet:
 	$(GO) vet ./...
@@ -109,6 +111,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzOpenPlaintext -fuzztime 60s ./knock/fwknop/
 	$(GO) test -run '^$$' -fuzz FuzzMigrateFwknop -fuzztime 60s ./cmd/nftknock/
 	$(GO) test -run '^$$' -fuzz FuzzReadDNATRule -fuzztime 60s ./nft/
+	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 60s ./knock/sshspa/
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./knock/authkeys/
 
 demo: deps build
 	$(GO) run ./integration/demo -daemon $(BIN)/nftknockd

@@ -7,14 +7,18 @@
 //	nftknock migrate KNOCKD_CONF
 //	nftknock migrate -fwknop ACCESS_CONF [-fwknopd-conf FWKNOPD_CONF] -keys-dir DIR
 //	nftknock knock [-u] [-d MS] [-4|-6] [-v] HOST PORT[:tcp|udp|icmp]...
-//	nftknock keygen
-//	nftknock spa -door NAME -key-file FILE [-allow ADDRESS] [-p PORT] HOST
+//	nftknock keygen [-server FILE]
+//	nftknock spa -door NAME -key-file FILE [-allow ADDRESS | -nat] [-p PORT] HOST
+//	nftknock spa -door NAME -server-key-file FILE | -known-hosts [-identity agent|KEYFILE] [-allow ADDRESS | -nat] [-p PORT] HOST
+//	nftknock open [-config FILE] [-wait PORT] HOST
+//	nftknock proxy [-config FILE] HOST PORT
 //	nftknock help [COMMAND]
 //	nftknock -version
 //
-// Every command talks to the kernel's sets directly, over netlink: it
-// works the same whether nftknockd runs or not, and needs what nftables
-// needs (root, or CAP_NET_ADMIN). A running daemon hears of grants and
+// status, grant and revoke talk to the kernel's sets directly, over
+// netlink: they work the same whether nftknockd runs or not, and need what
+// nftables needs (root, or CAP_NET_ADMIN); knock, keygen, spa, open and
+// proxy are the client side, and touch no firewall state. A running daemon hears of grants and
 // revocations made here through nf_tables' notifications: it restores them
 // too if the table is ever flushed, and a knock never shortens them.
 //
@@ -46,11 +50,30 @@ const (
 	exitNotInstalled = 3
 )
 
-// env is what a command runs against; tests replace open and now.
+// env is what a command runs against; tests replace open and now, and
+// may give stdin and getenv (nil: the process's own).
 type env struct {
 	stdout, stderr io.Writer
+	stdin          io.Reader
 	open           func(table string) (*nft.Firewall, error)
 	now            func() time.Time
+	getenv         func(string) string
+}
+
+// env returns the environment variable key.
+func (e *env) env(key string) string {
+	if e.getenv != nil {
+		return e.getenv(key)
+	}
+	return os.Getenv(key)
+}
+
+// input is the command's standard input.
+func (e *env) input() io.Reader {
+	if e.stdin != nil {
+		return e.stdin
+	}
+	return os.Stdin
 }
 
 // command is one `nftknock <name>`. New subcommands (migrate, knock, ...)
@@ -70,7 +93,7 @@ var commands []*command
 
 // Set in init: the commands' own code looks the table up for usage lines.
 func init() {
-	commands = []*command{statusCmd, grantCmd, revokeCmd, migrateCmd, knockCmd, keygenCmd, spaCmd}
+	commands = []*command{statusCmd, grantCmd, revokeCmd, migrateCmd, knockCmd, keygenCmd, spaCmd, openCmd, proxyCmd}
 }
 
 func lookup(name string) *command {

@@ -74,13 +74,10 @@ func (s *spaDoor) Packet(now time.Time, lg *knock.Logged, a Actions) {
 		s.reject(p.Src, reasonOf(err))
 		return
 	}
-	addr := p.Src
-	if req.Requested.IsValid() && req.Requested != p.Src.Unmap() {
-		if !s.k.AllowRequested {
-			s.reject(p.Src, spaRequestedRefused, zap.Stringer("requested", req.Requested))
-			return
-		}
-		addr = req.Requested
+	addr, err := req.OpenFor(p.Src, s.k.AllowRequested)
+	if err != nil {
+		s.reject(p.Src, spaRequestedRefused, zap.Stringer("requested", req.Requested))
+		return
 	}
 	s.deps.Lines.Info("SPA request authenticated", zap.String("door", s.cfg.Name), zap.Stringer("source", p.Src), zap.Stringer("for", addr))
 	a.Open(addr, p.Src, "")

@@ -66,20 +66,27 @@ func NewReplay(limit int, now time.Time) *Replay {
 // ErrBusy if the cache is full. maxAge is the door's age window: the id is
 // kept until r.Time+maxAge.
 func (c *Replay) Check(r *Request, now time.Time, maxAge time.Duration) error {
+	return c.CheckID(r.ID, r.Time, now, maxAge)
+}
+
+// CheckID is Check for a request of another format (a public-key SPA
+// datagram, knock/sshspa) given by its random id and the time it was
+// sealed. Both formats' ids are 16 random bytes, so one cache serves both.
+func (c *Replay) CheckID(id [16]byte, sealed, now time.Time, maxAge time.Duration) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if r.Time.UnixNano() < c.born {
+	if sealed.UnixNano() < c.born {
 		return ErrBeforeStart
 	}
 	c.prune(now)
-	if _, ok := c.seen[r.ID]; ok {
+	if _, ok := c.seen[id]; ok {
 		return ErrReplay
 	}
 	if len(c.seen) >= c.cap {
 		return ErrBusy
 	}
-	c.seen[r.ID] = struct{}{}
-	heap.Push(&c.exp, entry{r.ID, r.Time.UnixNano() + int64(maxAge)})
+	c.seen[id] = struct{}{}
+	heap.Push(&c.exp, entry{id, sealed.UnixNano() + int64(maxAge)})
 	return nil
 }
 

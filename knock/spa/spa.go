@@ -79,6 +79,9 @@ var (
 	// so a replay cannot be ruled out.
 	ErrBeforeStart = errors.New("spa: sealed before the daemon started")
 	ErrBusy        = errors.New("spa: replay cache full")
+	// ErrRequestedRefused: the request names an address other than its
+	// datagram's source, and the door does not allow that.
+	ErrRequestedRefused = errors.New("spa: requested address is not the source, and the door does not allow requested addresses")
 )
 
 // Key is a door's SPA key, ready to seal and open. It is safe for
@@ -181,13 +184,40 @@ type Request struct {
 	Time time.Time
 	// ID is the random request id, the replay cache's key.
 	ID [16]byte
-	// Requested is the address the client asks to open for; invalid when
-	// it asks for its own source address.
+	// Requested is the address the client sealed: the one it sends from,
+	// or with -allow another; invalid when it sealed none (behind NAT,
+	// where it cannot know the address the server sees).
 	Requested netip.Addr
 }
 
-// Seal returns a datagram for door, asking for requested (the zero Addr:
-// the datagram's source) at now.
+// OpenFor is the address an authentic request opens its door for, given
+// the datagram's source src: the source when no address was sealed or the
+// sealed one equals it, the sealed address when the door allows requested
+// addresses (allowRequested), and ErrRequestedRefused otherwise.
+//
+// A client seals the address it sends from so that someone on the path who
+// holds its datagram back and sends it first from an address of their own
+// gets nothing: the sealed address no longer equals the source.
+func (r *Request) OpenFor(src netip.Addr, allowRequested bool) (netip.Addr, error) {
+	return OpenFor(r.Requested, src, allowRequested)
+}
+
+// OpenFor is Request.OpenFor for a sealed address of any format: the
+// public-key SPA format (knock/sshspa) shares the rule.
+func OpenFor(requested, src netip.Addr, allowRequested bool) (netip.Addr, error) {
+	src = src.Unmap()
+	switch requested = requested.Unmap(); {
+	case !requested.IsValid(), requested == src:
+		return src, nil
+	case allowRequested:
+		return requested, nil
+	}
+	return netip.Addr{}, ErrRequestedRefused
+}
+
+// Seal returns a datagram for door sealed at now, naming requested: the
+// address the client sends from, another one (which the door must allow),
+// or the zero Addr for none (the datagram's source, whatever it is).
 func Seal(k *Key, door string, requested netip.Addr, now time.Time) ([]byte, error) {
 	if door == "" || len(door) > maxDoorLen {
 		return nil, fmt.Errorf("spa: door name must be 1-%d bytes", maxDoorLen)

@@ -186,3 +186,47 @@ func benchOpen(b *testing.B, forged bool) {
 
 func BenchmarkOpen(b *testing.B)       { benchOpen(b, false) }
 func BenchmarkOpenForged(b *testing.B) { benchOpen(b, true) }
+
+// TestOpenFor: a sealed address equal to the source needs no
+// spa_allow_requested; another one does.
+func TestOpenFor(t *testing.T) {
+	src := netip.MustParseAddr("192.0.2.7")
+	other := netip.MustParseAddr("198.51.100.9")
+	for _, c := range []struct {
+		requested, src netip.Addr
+		allow          bool
+		want           netip.Addr
+		err            error
+	}{
+		{netip.Addr{}, src, false, src, nil},
+		{src, src, false, src, nil},
+		{netip.MustParseAddr("::ffff:192.0.2.7"), src, false, src, nil},
+		{src, netip.MustParseAddr("::ffff:192.0.2.7"), false, src, nil},
+		{other, src, false, netip.Addr{}, ErrRequestedRefused},
+		{other, src, true, other, nil},
+		{netip.MustParseAddr("2001:db8::7"), src, false, netip.Addr{}, ErrRequestedRefused},
+	} {
+		r := Request{Requested: c.requested}
+		got, err := r.OpenFor(c.src, c.allow)
+		if got != c.want || err != c.err {
+			t.Errorf("sealed %v from %v (allow %v): %v, %v; want %v, %v", c.requested, c.src, c.allow, got, err, c.want, c.err)
+		}
+	}
+}
+
+// TestReplayCheckID: CheckID is Check for an id and a time.
+func TestReplayCheckID(t *testing.T) {
+	const age = 30 * time.Second
+	c := NewReplay(0, t0)
+	id := [16]byte{1}
+	if err := c.CheckID(id, t0.Add(-time.Nanosecond), t0, age); err != ErrBeforeStart {
+		t.Fatalf("before start: %v", err)
+	}
+	if err := c.CheckID(id, t0, t0, age); err != nil {
+		t.Fatal(err)
+	}
+	r := Request{ID: id, Time: t0}
+	if err := c.Check(&r, t0.Add(time.Second), age); err != ErrReplay {
+		t.Fatalf("same id through Check: %v", err)
+	}
+}
