@@ -55,6 +55,11 @@ type NFLOG struct {
 	// packet is at most the copy range and some attributes.
 	buf            []byte
 	lastOverrunLog time.Time
+	// recv reads one datagram into buf, its length to n and its error to
+	// rerr: Read's, on the one goroutine that reads.
+	recv func(fd uintptr) bool
+	n    int
+	rerr error
 }
 
 // NFLOGConfig configures ListenNFLOG.
@@ -219,13 +224,19 @@ func (l *NFLOG) Read(deadline time.Time, handle func(Logged)) error {
 	if err != nil {
 		return fmt.Errorf("NFLOG group %d: %w", l.group, err)
 	}
+	if l.recv == nil {
+		// Made once: a closure made per datagram would be garbage per
+		// packet. read(2), not recvfrom(2): x/sys's Recvfrom makes a
+		// Sockaddr of the sender for every datagram. The socket is
+		// non-blocking (Go's poller waits for it).
+		l.recv = func(fd uintptr) bool {
+			l.n, l.rerr = unix.Read(int(fd), l.buf)
+			return l.rerr != unix.EAGAIN && l.rerr != unix.EINTR
+		}
+	}
 	for {
-		var n int
-		var rerr error
-		err := rc.Read(func(fd uintptr) bool {
-			n, _, rerr = unix.Recvfrom(int(fd), l.buf, unix.MSG_DONTWAIT)
-			return rerr != unix.EAGAIN && rerr != unix.EINTR
-		})
+		err := rc.Read(l.recv)
+		n, rerr := l.n, l.rerr
 		switch {
 		case l.closed.Load():
 			return nil

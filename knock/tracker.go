@@ -136,9 +136,11 @@ type Tracker struct {
 	progress []progress
 	// head is the least recently seen source, tail the most recent: a
 	// doubly linked list so that moving a source to the tail and evicting
-	// the head are O(1). free chains the unused slots through next.
-	head, tail, free int32
-	n                int // sources tracked
+	// the head are O(1). free chains the slots given back through next;
+	// fresh is the first slot never used (slots are taken in order, so
+	// memory the kernel gave the tables is only touched as sources come).
+	head, tail, free, fresh int32
+	n                       int // sources tracked
 
 	// index maps an address to its slot: linear probing in a table of a
 	// power of two at least twice maxTracked, deletion by backward shift.
@@ -209,11 +211,7 @@ func NewTracker(doors []TrackedDoor, maxTracked int, now time.Time) *Tracker {
 	}
 	t.sources = make([]source, maxTracked+1)
 	t.progress = make([]progress, (maxTracked+1)*len(t.seqs))
-	for i := range t.sources[1:] {
-		t.sources[i+1].next = int32(i + 2)
-	}
-	t.sources[maxTracked].next = 0
-	t.free = 1
+	t.fresh = 1
 	size := uint64(1) << bits.Len64(uint64(2*maxTracked-1))
 	t.index = make([]int32, size)
 	t.mask = size - 1
@@ -407,13 +405,18 @@ func (t *Tracker) clear(s int32, si int) {
 // add starts tracking k, evicting the least recently seen source when the
 // table is full.
 func (t *Tracker) add(k key, h uint64) int32 {
-	if t.free == 0 {
+	if t.free == 0 && int(t.fresh) == len(t.sources) {
 		old := t.head
 		t.events = append(t.events, Event{Kind: EventEvict, Door: -1, Src: t.sources[old].key.addr()})
 		t.remove(old)
 	}
 	s := t.free
-	t.free = t.sources[s].next
+	if s != 0 {
+		t.free = t.sources[s].next
+	} else {
+		s = t.fresh
+		t.fresh++
+	}
 	t.sources[s] = source{key: k, hash: h}
 	t.insert(h, s)
 	t.pushTail(s)

@@ -43,7 +43,9 @@ var (
 	warmup     = flag.Duration("warmup", 3*time.Second, "flood time before the first legitimate knock")
 	gap        = flag.Duration("gap", 500*time.Millisecond, "pause between legitimate knocks")
 	flooders   = flag.Int("flooders", 1, "hping3 processes flooding at once (one is about 60k packets/s here)")
-	floodMax   = flag.Duration("flood-max", 30*time.Second, "the flood is stopped after this, whatever happens")
+	floodMax   = flag.Duration("flood-max", 90*time.Second, "the flood is stopped after this, whatever happens")
+	floodFor   = flag.Duration("flood-for", 0, "flood for at least this long (the knocks come in its first seconds), to see memory stay flat")
+	rate       = flag.Int("rate", 0, "packets a second each hping3 sends (0: as fast as it can, --flood)")
 	openWithin = flag.Duration("open-within", 2*time.Second, "a knock counts as open if port 22 accepts a connection within this")
 	maxRSSMB   = flag.Float64("max-rss-mb", 64, "fail if the daemon's peak RSS (VmHWM) reaches this many MiB")
 	minOpen    = flag.Int("min-open", 4, "fail if fewer legitimate knocks open")
@@ -127,6 +129,7 @@ type result struct {
 	rssTimeline      []int64
 	knocks           []knockResult
 	opened           int
+	cpu              time.Duration // the daemon's CPU time (user+system) during the flood
 }
 
 func (r *result) print(w io.Writer) {
@@ -144,14 +147,19 @@ func (r *result) print(w io.Writer) {
 		r.toPort, r.rateDropped, r.logged)
 	fmt.Fprintf(w, "kernel sets at the flood's end: knock_first_v4 %d sources, knock_rate_v4 %d sources\n", r.knockingElements, r.rateElements)
 	dc := r.daemon
-	fmt.Fprintf(w, "daemon: %d sources forgotten (max_tracked), %d knock timeouts logged; nflog_overruns %d, queue_drops %d, unparsed %d\n",
-		dc.evictions, dc.timeouts, dc.Overruns, dc.QueueDrops, dc.Unparsed)
+	fmt.Fprintf(w, "daemon: %d sources forgotten (max_tracked), %d knock timeouts logged; nflog_overruns %d, grants_dropped %d, unparsed %d\n",
+		dc.evictions, dc.timeouts, dc.Overruns, dc.GrantsDropped, dc.Unparsed)
 	var tl []string
 	for _, b := range r.rssTimeline {
 		tl = append(tl, fmt.Sprintf("%.1f", float64(b)/(1<<20)))
 	}
 	fmt.Fprintf(w, "daemon RSS: peak (VmHWM) %.1f MiB, highest VmRSS sampled %.1f MiB; VmRSS each second (MiB): %s\n",
 		float64(r.peakHWM)/(1<<20), float64(r.maxRSS)/(1<<20), strings.Join(tl, " "))
+	if r.logged > 0 {
+		fmt.Fprintf(w, "daemon CPU during the flood: %s, %.2f µs per logged packet (%.0f%% of a core at %.0f packets/s)\n",
+			r.cpu.Round(10*time.Millisecond), float64(r.cpu.Microseconds())/float64(r.logged),
+			100*r.cpu.Seconds()/r.floodFor.Seconds(), float64(r.logged)/r.floodFor.Seconds())
+	}
 	for i, k := range r.knocks {
 		switch {
 		case k.opened:
@@ -226,6 +234,11 @@ func bench(ctx context.Context, bin string) (*result, error) {
 		return res, fmt.Errorf("hping3 ended by itself: %s", floods[0].output())
 	}
 
+	floodStart := time.Now()
+	cpuStart, err := cpuTime(d.pid)
+	if err != nil {
+		return nil, err
+	}
 	for i := range *knocks {
 		if floodCtx.Err() != nil {
 			return res, fmt.Errorf("flood time (%s) or the run ran out after %d knocks", *floodMax, i)
@@ -241,6 +254,19 @@ func bench(ctx context.Context, bin string) (*result, error) {
 		}
 		time.Sleep(*gap)
 	}
+
+	if rest := *floodFor - time.Since(floodStart); rest > 0 {
+		select {
+		case <-time.After(rest):
+		case <-floodCtx.Done():
+			return res, fmt.Errorf("the flood was cut short: %w", context.Cause(floodCtx))
+		}
+	}
+	cpuEnd, err := cpuTime(d.pid)
+	if err != nil {
+		return nil, err
+	}
+	res.cpu = cpuEnd - cpuStart
 
 	res.floodSent = 0
 	for _, fl := range floods {
@@ -335,7 +361,12 @@ type flood struct {
 
 func startFlood(ctx context.Context, l *lab.Lab) (*flood, error) {
 	f := &flood{out: &lockedBuffer{}, done: make(chan struct{})}
-	f.cmd = lab.Command(ctx, l.Client, "hping3", "-S", "--flood", "--rand-source", "-p", "7000", lab.ServerV4.String())
+	pace := []string{"--flood"}
+	if *rate > 0 {
+		pace = []string{"-i", fmt.Sprintf("u%d", max(1, 1_000_000 / *rate))}
+	}
+	args := append(append([]string{"hping3", "-S"}, pace...), "--rand-source", "-p", "7000", lab.ServerV4.String())
+	f.cmd = lab.Command(ctx, l.Client, args...)
 	f.cmd.Stdout, f.cmd.Stderr = f.out, f.out
 	// ip execs hping3: this is hping3's pid. SIGINT makes it print its
 	// statistics; if the benchmark itself dies, the kernel kills it.
@@ -397,9 +428,9 @@ type daemon struct {
 type daemonCounts struct {
 	steps, evictions, timeouts int64
 	// From its stop line.
-	Overruns   int64 `json:"nflog_overruns"`
-	QueueDrops int64 `json:"queue_drops"`
-	Unparsed   int64 `json:"unparsed_packets"`
+	Overruns      int64 `json:"nflog_overruns"`
+	GrantsDropped int64 `json:"grants_dropped"`
+	Unparsed      int64 `json:"unparsed_packets"`
 	stopped    bool
 }
 
@@ -544,6 +575,27 @@ func (s *sampler) stop() (hwm, rss int64, timeline []int64) {
 	s.once.Do(func() { close(s.quit) })
 	<-s.done
 	return s.hwm, s.rss, s.timeline
+}
+
+// cpuTime is the CPU time pid has used, user and system, from
+// /proc/<pid>/stat (fields 14 and 15, in clock ticks of 1/100 s).
+func cpuTime(pid int) (time.Duration, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, field 2, is in parentheses and may hold spaces.
+	i := strings.LastIndexByte(string(data), ')')
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too short", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }
 
 // memStatus returns VmHWM and VmRSS of pid, in bytes.

@@ -142,30 +142,38 @@ func readKey(path string) ([]byte, error) {
 // packet: it is logged at debug level only. The rest go through the line
 // limiter.
 func logEvent(deps Deps, d *config.Door, e knock.Event, seqTimeout time.Duration) {
-	what := "knock"
+	// Constant messages: a string built per event would be garbage per
+	// packet of a flood.
+	what, stage, timedOut := "knock", "knock stage reached", "knock timed out"
 	if e.Close {
-		what = "close knock"
+		what, stage, timedOut = "close knock", "close knock stage reached", "close knock timed out"
 	}
-	door, src := zap.String("door", d.Name), zap.Stringer("source", e.Src)
 	switch e.Kind {
 	case knock.EventStep:
+		msg := stage
 		if e.Step == 1 {
-			deps.Log.Debug(what+" stage reached", door, src, zap.String("step", fmt.Sprintf("%d/%d", e.Step, e.Of)))
+			// Checked first: building the fields would be garbage per
+			// packet of a flood.
+			if ce := deps.Log.Check(zap.DebugLevel, msg); ce != nil {
+				ce.Write(zap.String("door", d.Name), zap.Stringer("source", e.Src), zap.String("step", fmt.Sprintf("%d/%d", e.Step, e.Of)))
+			}
 			return
 		}
-		deps.Lines.Info(what+" stage reached", door, src, zap.String("step", fmt.Sprintf("%d/%d", e.Step, e.Of)))
+		deps.Lines.Info(msg, zap.String("door", d.Name), zap.Stringer("source", e.Src), zap.String("step", fmt.Sprintf("%d/%d", e.Step, e.Of)))
 	case knock.EventReset:
-		fields := []zap.Field{door, src, zap.Stringer("got", e.Got), zap.Int("after_steps", e.Step)}
+		fields := []zap.Field{zap.String("door", d.Name), zap.Stringer("source", e.Src), zap.Stringer("got", e.Got), zap.Int("after_steps", e.Step)}
 		if e.Reason == knock.ResetWrongKnock {
 			fields = append(fields, zap.Stringer("want", e.Want))
 		}
 		deps.Lines.Info(what+" reset: "+e.Reason.String(), fields...)
 	case knock.EventTimeout:
-		fields := []zap.Field{door, src, zap.Int("after_steps", e.Step), zap.Duration("seq_timeout", seqTimeout)}
+		msg := timedOut
 		if e.Step == 1 {
-			deps.Log.Debug(what+" timed out", fields...)
+			if ce := deps.Log.Check(zap.DebugLevel, msg); ce != nil {
+				ce.Write(zap.String("door", d.Name), zap.Stringer("source", e.Src), zap.Int("after_steps", e.Step), zap.Duration("seq_timeout", seqTimeout))
+			}
 			return
 		}
-		deps.Lines.Info(what+" timed out", fields...)
+		deps.Lines.Info(msg, zap.String("door", d.Name), zap.Stringer("source", e.Src), zap.Int("after_steps", e.Step), zap.Duration("seq_timeout", seqTimeout))
 	}
 }

@@ -75,6 +75,7 @@ type Engine struct {
 	// tags are each door's capture version: part of its NFLOG prefix.
 	tags map[string]uint32
 
+	lg      knock.Logged // the packet being handled
 	reload  atomic.Bool
 	replan  bool // a door asked for a new plan during this packet or tick
 	evicted int
@@ -97,6 +98,7 @@ type generation struct {
 	trackedDoors []int
 	tracker      *knock.Tracker
 	plan         *plan.Plan
+	acts         []door.Actions
 }
 
 // Start builds the first generation of cfg, has the gate install it and
@@ -207,15 +209,18 @@ func (e *Engine) packet(lg knock.Logged) {
 		return
 	}
 	now := e.o.Now()
+	// lg is handed on by pointer to the engine's own copy: a pointer to
+	// the argument would make it escape, an allocation per packet.
+	e.lg = lg
 	if i < 0 {
-		e.observe(now, &lg, -1)
+		e.observe(now, &e.lg, -1)
 		return
 	}
 	if _, ok := g.tracked[i]; ok {
-		e.observe(now, &lg, i)
+		e.observe(now, &e.lg, i)
 		return
 	}
-	g.doors[i].Packet(now, &lg, e.actions(i))
+	g.doors[i].Packet(now, &e.lg, e.actions(i))
 }
 
 // observe feeds the tracker a packet of door i (-1: the scan rule) and
@@ -266,36 +271,37 @@ func (e *Engine) tick(ctx context.Context, now time.Time, second bool) {
 	}
 }
 
-// actions are what door i asks for.
-func (e *Engine) actions(i int) door.Actions { return actions{e, i} }
+// actions are what door i asks for: made once per generation, so that
+// handing them to a door is no allocation per packet.
+func (e *Engine) actions(i int) door.Actions { return e.gen.acts[i] }
 
 type actions struct {
 	e *Engine
 	i int
 }
 
-func (a actions) name() string { return a.e.gen.doors[a.i].Config().Name }
+func (a *actions) name() string { return a.e.gen.doors[a.i].Config().Name }
 
-func (a actions) Open(addr, source netip.Addr, by string) {
+func (a *actions) Open(addr, source netip.Addr, by string) {
 	a.e.o.Gate.Open(gate.Grant{Door: a.name(), Addr: addr, Source: source, By: by})
 }
 
-func (a actions) Close(addr netip.Addr) {
+func (a *actions) Close(addr netip.Addr) {
 	a.e.o.Gate.Revoke(context.Background(), a.name(), addr, addr)
 }
 
-func (a actions) Ports(set string, ports []uint16) {
+func (a *actions) Ports(set string, ports []uint16) {
 	a.e.o.Gate.Ports(context.Background(), set, ports)
 }
 
-func (a actions) SetSequence(slot int, steps []config.Port) {
+func (a *actions) SetSequence(slot int, steps []config.Port) {
 	g := a.e.gen
 	if t, ok := g.tracked[a.i]; ok {
 		g.tracker.SetSequence(t, slot, steps)
 	}
 }
 
-func (a actions) Replan() {
+func (a *actions) Replan() {
 	a.e.tags[a.name()]++
 	a.e.replan = true
 }
@@ -385,6 +391,9 @@ func (e *Engine) build(cfg *config.Config, prev *generation, deps door.Deps) (*g
 		}
 	}
 	g.tracker = knock.NewTracker(tracked, cfg.MaxTracked, e.o.Now())
+	for i := range g.doors {
+		g.acts = append(g.acts, &actions{e, i})
+	}
 	// A door whose config changed gets a new capture tag: packets its old
 	// rules logged are not its new rules'.
 	for i := range cfg.Doors {
