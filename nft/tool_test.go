@@ -17,7 +17,6 @@ func mustGrants(t *testing.T, f *Firewall) []Grant {
 	return gs
 }
 
-
 // TestKernelToolFirewall: a Firewall that never ran Install finds the
 // doors in the kernel, grants, refreshes, revokes, lists, and refuses a
 // door the table has no sets for.

@@ -12,8 +12,8 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/nftknock/nftknock/config"
-	"github.com/nftknock/nftknock/knock/engine"
 	"github.com/nftknock/nftknock/integration/nstest"
+	"github.com/nftknock/nftknock/knock/engine"
 	"github.com/nftknock/nftknock/nft"
 )
 

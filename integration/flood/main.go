@@ -431,7 +431,7 @@ type daemonCounts struct {
 	Overruns      int64 `json:"nflog_overruns"`
 	GrantsDropped int64 `json:"grants_dropped"`
 	Unparsed      int64 `json:"unparsed_packets"`
-	stopped    bool
+	stopped       bool
 }
 
 func startDaemon(l *lab.Lab, bin, cfg string) (*daemon, error) {

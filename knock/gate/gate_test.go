@@ -129,7 +129,9 @@ func TestHealRestoresWithTimeLeft(t *testing.T) {
 	g.wait("bob's grant", func() bool { _, ok := g.element("ssh_v4", bob); return ok })
 	g.clock.add(25 * time.Second) // alice's has run out, bob's has 5s left
 	g.fw.Flush()
-	g.wait("the heal", func() bool { return g.logs.FilterMessage("table gone: re-installed with 1 live grants restored").Len() == 1 })
+	g.wait("the heal", func() bool {
+		return g.logs.FilterMessage("table gone: re-installed with 1 live grants restored").Len() == 1
+	})
 	e, ok := g.element("ssh_v4", bob)
 	if !ok || e.Timeout != 30*time.Second || e.Expires != 5*time.Second {
 		t.Errorf("bob's restored grant %+v (%v): want timeout 30s, 5s left", e, ok)

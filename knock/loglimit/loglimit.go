@@ -40,7 +40,9 @@ func New(log *zap.Logger) *Limiter {
 
 // Info logs msg with fields at info level unless PerSecond lines of msg's
 // kind went out since the last Flush; then it only counts it.
-func (l *Limiter) Info(msg string, fields ...zap.Field) { l.Log(zapcore.InfoLevel, msg, msg, fields...) }
+func (l *Limiter) Info(msg string, fields ...zap.Field) {
+	l.Log(zapcore.InfoLevel, msg, msg, fields...)
+}
 
 // Log is Info with a level and an explicit kind (several messages may
 // share one).
