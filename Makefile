@@ -8,7 +8,11 @@ PKGS    := ./config/... ./knock/... ./nft/... ./cmd/...
 # systemd and man-db: `systemd-analyze verify` of the unit and of its man
 # page references (no running systemd needed).
 # nmap and hping3: the scans, stray TCP flags and the flood of issue 3.
-DEB_DEPS := nftables knockd iproute2 socat iputils-ping systemd man-db nmap hping3
+# debootstrap, systemd-container and openssh-client: the booted-systemd
+# test (integration/systemd_boot_test.go) debootstraps a Debian root, boots
+# it with systemd-nspawn and logs in to its sshd with ssh.
+DEB_DEPS := nftables knockd iproute2 socat iputils-ping systemd man-db nmap hping3 \
+	debootstrap systemd-container openssh-client
 
 # Version stamped into the binaries: -ldflags "-X main.version=…", for every
 # command (`nftknockd -version`, `nftknock -version`).
