@@ -364,12 +364,13 @@ func newJournal(s *boot.Session, match string) journal {
 	return journal{s: s, match: match}
 }
 
-// journalCursors is where the administrator's journal cursors are kept.
-const journalCursors = "/root/sdboot-journal-cursor"
+// journalCursors is where the administrator's journal cursors are kept:
+// journalCursors + "-unftknockd.cursor" and the like.
+const journalCursors = "/root/sdboot-journal"
 
 func (j *journal) read(t *testing.T) string {
 	t.Helper()
-	cursor := journalCursors + strings.NewReplacer(" ", "", "-", "").Replace(j.match)
+	cursor := journalCursors + "-" + strings.NewReplacer(" ", "", "-", "").Replace(j.match) + ".cursor"
 	// With no line yet, there is no cursor to write: journalctl exits 1.
 	out, err := j.s.Run("journalctl -b "+j.match+" -o cat --no-pager --cursor-file="+cursor+" || ! test -e "+cursor, "")
 	if err != nil {
@@ -439,7 +440,9 @@ func (bt *bootTest) securityExposure(t *testing.T) {
 
 func (bt *bootTest) enableNow(t *testing.T) {
 	bt.writeConfig(t, bootDoors(tomlList(firstSequence...), bootOpenFor.String()))
-	bt.sh(t, "umask 077 && printf '"+strings.ReplaceAll(oneTimeFile, "\n", `\n`)+"' > /etc/nftknock/once.seq")
+	if _, err := bt.admin.Run("umask 077 && cat > /etc/nftknock/once.seq", oneTimeFile); err != nil {
+		t.Fatal(err)
+	}
 	for _, key := range []string{"spa", "rot"} {
 		secret := bt.sh(t, "umask 077 && nftknock keygen > /etc/nftknock/"+key+".key && cat /etc/nftknock/"+key+".key")
 		noErr(t, os.WriteFile(filepath.Join(bt.keys, key+".key"), []byte(secret), 0o600))
@@ -745,6 +748,7 @@ func (bt *bootTest) stop(t *testing.T) {
 // listens, the host side keeps trying new connections to port 22 on both
 // families without knocking: none may get in.
 func (bt *bootTest) reboot(t *testing.T) {
+	// The session goes down with the machine: no answer to wait for.
 	bt.admin.Run("systemctl reboot", "")
 	code, err := bt.m.WaitExit(time.Minute)
 	if err != nil {
@@ -755,6 +759,8 @@ func (bt *bootTest) reboot(t *testing.T) {
 	}
 	var (
 		stop     = make(chan struct{})
+		stopOnce = sync.OnceFunc(func() { close(stop) })
+		started  bool
 		done     = make(chan struct{})
 		inFlight = make(chan struct{}, 64)
 		probes   sync.WaitGroup
@@ -798,12 +804,19 @@ func (bt *bootTest) reboot(t *testing.T) {
 			}()
 		}
 	}
-	bt.m.Boot(t, func() { go probe() })
+	// Should the boot fail, the probe stops all the same.
+	defer func() {
+		stopOnce()
+		if started {
+			<-done
+		}
+	}()
+	bt.m.Boot(t, func() { started = true; go probe() })
 	mu.Lock()
 	up = true
 	mu.Unlock()
 	time.Sleep(time.Second)
-	close(stop)
+	stopOnce()
 	<-done
 	t.Logf("%d connection attempts to port 22 from the moment the veth appeared (%d once sshd listened): %d connected",
 		attempts, afterUp, len(leaks))
@@ -826,7 +839,7 @@ func (bt *bootTest) reboot(t *testing.T) {
 	}
 	bt.knock(t, boot.GuestV4, secondSequence...)
 	bt.logInAsAdmin(t)
-	bt.sh(t, "rm -f "+journalCursors+"*")
+	bt.sh(t, "rm -f "+journalCursors+"-*.cursor")
 	if got := bt.value(t, "systemctl is-active nftknockd"); got != "active" {
 		t.Errorf("is-active %q after the reboot", got)
 	}
