@@ -7,10 +7,14 @@ PKGS    := ./config/... ./knock/... ./nft/... ./cmd/...
 # knock client. Installed by `make deps` when missing (Debian/Ubuntu only).
 # systemd and man-db: `systemd-analyze verify` of the unit and of its man
 # page references (no running systemd needed).
-# nmap and hping3: the scans, stray TCP flags and the flood of issue 3.
+# nmap and hping3: the scans, stray TCP flags and the flood benchmark.
 # openssh-client and openssh-server: public-key SPA doors (ssh-keygen,
 # ssh-agent, ssh, and an sshd the tests run in a namespace).
-DEB_DEPS := nftables knockd iproute2 socat iputils-ping systemd man-db nmap hping3 openssh-client openssh-server
+# debootstrap, systemd-container and openssh-client: the booted-systemd
+# test (integration/systemd_boot_test.go) debootstraps a Debian root, boots
+# it with systemd-nspawn and logs in to its sshd with ssh.
+DEB_DEPS := nftables knockd iproute2 socat iputils-ping systemd man-db nmap hping3 \
+	openssh-client openssh-server debootstrap systemd-container
 # The neighbours the integration tests run next to the daemon, inside the
 # lab's namespaces (integration/neighbours): Debian's Docker, firewalld and
 # ufw, and busybox-static for the container's image. Installed without

@@ -143,6 +143,33 @@ func (o *OneTime) Use() error {
 	return nil
 }
 
+// keepOwner gives tmp the owner of the file it replaces, and calls chown
+// only when the two differ. Under the unit they never do: the daemon runs
+// as root and the file must be root's (LoadOneTime's callers check that),
+// and chown is a call the unit's system call filter forbids (@privileged),
+// so a rewrite that always called it would be a rewrite the sandbox
+// refuses. Only root may give a file away; any other process keeps its own
+// ownership, which is then the best it can do.
+//
+// Owner before mode: chown clears the set-id bits that chmod restores.
+func keepOwner(tmp *os.File, orig fs.FileInfo) error {
+	want, ok := orig.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	tfi, err := tmp.Stat()
+	if err != nil {
+		return err
+	}
+	if have, ok := tfi.Sys().(*syscall.Stat_t); ok && have.Uid == want.Uid && have.Gid == want.Gid {
+		return nil
+	}
+	if err := tmp.Chown(int(want.Uid), int(want.Gid)); err != nil && !errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("give %s the owner %d:%d of the file it replaces: %w", tmp.Name(), want.Uid, want.Gid, err)
+	}
+	return nil
+}
+
 // readOneTime reads at most oneTimeMaxSize+1 bytes of a regular file.
 func readOneTime(path string) ([]byte, error) {
 	// O_NONBLOCK so that a FIFO put in the file's place fails below
@@ -225,13 +252,8 @@ func writeFileAtomic(path string, data []byte) (err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	// Owner before mode: chown clears the set-id bits that chmod restores.
-	// Only root may give a file away; any other daemon keeps its own
-	// ownership, which is then the best it can do.
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		if err := tmp.Chown(int(st.Uid), int(st.Gid)); err != nil && !errors.Is(err, fs.ErrPermission) {
-			return err
-		}
+	if err := keepOwner(tmp, fi); err != nil {
+		return err
 	}
 	if err := tmp.Chmod(fi.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)); err != nil {
 		return err

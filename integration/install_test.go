@@ -253,7 +253,7 @@ func TestMakeDeb(t *testing.T) {
 		"Package":      "nftknock",
 		"Version":      version,
 		"Architecture": strings.TrimSpace(string(arch)),
-		"Depends":      "nftables",
+		"Depends":      "nftables, procps",
 	} {
 		if out, err := exec.Command("dpkg-deb", "-f", deb, field).Output(); err != nil || strings.TrimSpace(string(out)) != want {
 			t.Errorf("control field %s = %q (%v), want %q", field, out, err, want)
