@@ -212,26 +212,3 @@ func (f *Firewall) Replace(set string, keys [][]byte) error {
 	}
 	return nil
 }
-
-// Read returns the live elements of set. Elements whose timeout has run
-// out are not listed, even before the kernel garbage-collects them.
-func (f *Firewall) Read(set string) ([]Element, error) {
-	c, err := f.c()
-	if err != nil {
-		return nil, err
-	}
-	elems, err := c.GetSetElements(&nftables.Set{Table: f.table, Name: set})
-	if err != nil {
-		f.reset()
-		return nil, fmt.Errorf("read set %s: %w", set, err)
-	}
-	out := make([]Element, 0, len(elems))
-	for _, e := range elems {
-		// The kernel's dump already skips expired elements; this guards
-		// against one that expires as it is being dumped.
-		if e.Timeout == 0 || e.Expires > 0 {
-			out = append(out, Element{Key: e.Key, Timeout: e.Timeout, Expires: e.Expires})
-		}
-	}
-	return out, nil
-}

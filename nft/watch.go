@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -70,7 +69,10 @@ type Watcher struct {
 	mu      sync.Mutex
 	pending Change
 	elems   []ElementChange
-	err     error
+	// overflow: element changes were dropped since the last Take (an
+	// Overrun is pending): the rest are not parsed.
+	overflow bool
+	err      error
 
 	c    chan struct{}
 	done chan struct{}
@@ -84,14 +86,7 @@ func (f *Firewall) Watch() (*Watcher, error) {
 // watch takes the socket's receive buffer size; tests make it tiny to
 // provoke overruns.
 func (f *Firewall) watch(rcvbuf int) (*Watcher, error) {
-	var cc nftables.Conn
-	for _, o := range f.opts {
-		o(&cc)
-	}
-	if cc.TestDial != nil {
-		return nil, errors.New("watch table: needs a real netlink socket")
-	}
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: cc.NetNS})
+	conn, err := f.dial(0)
 	if err != nil {
 		return nil, fmt.Errorf("watch table: %w", err)
 	}
@@ -153,9 +148,14 @@ func (w *Watcher) run() {
 		var ch Change
 		var elems []ElementChange
 		own := w.own.Load()
+		w.mu.Lock()
+		full := w.overflow
+		w.mu.Unlock()
 		for _, m := range msgs {
 			c := classify(m, w.family, w.table, own)
-			if c == ChangedElements {
+			// Once more have come than the owner will take, the owner
+			// reads the sets instead: parsing the rest is wasted.
+			if c == ChangedElements && !full {
 				elems = appendElementChanges(elems, m)
 			}
 			ch |= c
@@ -166,7 +166,7 @@ func (w *Watcher) run() {
 				// More than the owner will take in time: it reads
 				// the sets instead.
 				ch |= Overrun
-				w.elems = nil
+				w.elems, w.overflow = nil, true
 			} else {
 				w.elems = append(w.elems, elems...)
 			}
@@ -204,7 +204,7 @@ func (w *Watcher) Take() (Change, []ElementChange) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	ch, elems := w.pending, w.elems
-	w.pending, w.elems = 0, nil
+	w.pending, w.elems, w.overflow = 0, nil, false
 	return ch, elems
 }
 

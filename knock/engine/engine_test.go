@@ -385,3 +385,42 @@ func (b *bellDoor) Packet(now time.Time, lg *knock.Logged, a door.Actions) {
 		a.Open(p.Src, p.Src, "")
 	}
 }
+
+// TestCheckRefusesAnUninstallableConfig: a config that validates but whose
+// ruleset does not fit in one batch is refused by -check (engine.Check),
+// with its size and what to do, so that a config that passes -check
+// installs.
+func TestCheckRefusesAnUninstallableConfig(t *testing.T) {
+	var b strings.Builder
+	for i := range 30 {
+		fmt.Fprintf(&b, "[[door]]\nname = \"d%d\"\nseq_timeout = \"5s\"\nopen_for = \"1m\"\nsequence = [", i)
+		for j := range 32 {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "\"%d:udp\"", 20000+32*i+j)
+		}
+		b.WriteString("]\nopen = [")
+		for j := range 64 {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "\"%d\"", 1+64*i+j)
+		}
+		b.WriteString("]\n")
+	}
+	cfg, err := config.Parse("big.toml", []byte(b.String()))
+	if err != nil {
+		t.Fatalf("the config does not even validate: %v", err)
+	}
+	err = engine.Check(cfg)
+	if err == nil || !strings.Contains(err.Error(), "big.toml: the ruleset of this configuration takes") ||
+		!strings.Contains(err.Error(), "configure fewer doors, opened ports or knocks") {
+		t.Fatalf("Check = %v, want the batch size refused", err)
+	}
+	t.Log(err)
+	cfg.Doors = cfg.Doors[:4]
+	if err := engine.Check(cfg); err != nil {
+		t.Errorf("four of those doors: %v", err)
+	}
+}

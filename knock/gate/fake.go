@@ -30,8 +30,10 @@ type FakeFirewall struct {
 	failPut  error
 	// Hold, when not nil, makes Install wait until it is closed: a
 	// wedged kernel.
-	Hold    chan struct{}
-	watcher *fakeWatcher
+	Hold chan struct{}
+	// HoldRead, when not nil, holds the Reads of Readers made meanwhile.
+	HoldRead chan struct{}
+	watcher  *fakeWatcher
 }
 
 type fakeElement struct {
@@ -330,3 +332,37 @@ func (w *fakeWatcher) Take() (nft.Change, []nft.ElementChange) {
 func (w *fakeWatcher) Again(ch nft.Change) { w.flag(ch, nil) }
 func (w *fakeWatcher) Err() error          { return nil }
 func (w *fakeWatcher) Close() error        { return nil }
+
+// Reader implements Firewall. While HoldRead is not nil, a Read of the
+// reader returns what the set held when it began only once HoldRead is
+// closed (failing if the reader is closed first): a big set whose dump
+// takes long while the table changes.
+func (f *FakeFirewall) Reader() (SetReader, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return &fakeReader{f: f, hold: f.HoldRead, closed: make(chan struct{})}, nil
+}
+
+type fakeReader struct {
+	f      *FakeFirewall
+	hold   chan struct{}
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (r *fakeReader) Read(set string) ([]nft.Element, error) {
+	els, err := r.f.Read(set)
+	if r.hold != nil {
+		select {
+		case <-r.hold:
+		case <-r.closed:
+			return nil, errors.New("read on a closed reader")
+		}
+	}
+	return els, err
+}
+
+func (r *fakeReader) Close() error {
+	r.once.Do(func() { close(r.closed) })
+	return nil
+}

@@ -26,8 +26,10 @@ package gate
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,8 +53,17 @@ type Firewall interface {
 	Delete(set string, keys [][]byte) error
 	Replace(set string, keys [][]byte) error
 	Read(set string) ([]nft.Element, error)
+	// Reader reads sets on a connection of its own, from another
+	// goroutine (see nft.SetReader).
+	Reader() (SetReader, error)
 	SetNames() ([]string, error)
 	Watch() (Watcher, error)
+}
+
+// SetReader is what the gate needs of nft.SetReader.
+type SetReader interface {
+	Read(set string) ([]nft.Element, error)
+	Close() error
 }
 
 // Watcher is what the gate needs of nft.Watcher.
@@ -74,6 +85,15 @@ func (f NFT) Watch() (Watcher, error) {
 		return nil, err
 	}
 	return w, nil
+}
+
+// Reader implements Firewall.
+func (f NFT) Reader() (SetReader, error) {
+	r, err := f.Firewall.Reader()
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
 }
 
 // Options configure New.
@@ -122,7 +142,10 @@ type Gate struct {
 	setDoor map[string]string // grant set → door
 	ports   map[string][]uint16
 	seeded  bool
-	restore []ledger.Grant
+	// restore are the walks over the ledger that put grants back into
+	// sets made anew, chunk by chunk; restoreSets the sets they fill.
+	restore     []*ledger.Cursor
+	restoreSets map[string]bool
 	// healing is the heal whose grants restore is putting back, if any.
 	healing *healRun
 	full    map[string]uint64 // grants refused since the last tick, by door
@@ -132,9 +155,16 @@ type Gate struct {
 	// door, for its on_close hook (its grant stands for everyone).
 	lastSource map[string]netip.Addr
 	watch      Watcher
-	backoff    time.Duration
-	retryAt    time.Time
-	pending    nft.Change // changes to look at again at retryAt
+	// overrun: notifications were lost since the table was last read.
+	overrun bool
+	// reading is a read of the grant sets under way on another
+	// goroutine; readDone gets what it read.
+	reading  *readRun
+	readDone chan setsRead
+	readers  sync.WaitGroup
+	backoff  time.Duration
+	retryAt  time.Time
+	pending  nft.Change // changes to look at again at retryAt
 }
 
 // healRun is a heal under way: when it began and how many grants it put
@@ -142,6 +172,41 @@ type Gate struct {
 type healRun struct {
 	start    time.Time
 	restored int
+}
+
+// readRun is a read of the grant sets under way. The ledger keeps
+// changing while it runs (knocks, notifications); since are those changes,
+// applied again on top of what was read, in their order, so the ledger
+// ends as the kernel is. It is read again when stale (notifications were
+// lost again, a reload changed the sets, or since overflowed) and its
+// result thrown away when dropped (a heal rebuilt the sets from the
+// ledger meanwhile).
+type readRun struct {
+	// replace: what is read replaces the ledger's grants of its doors
+	// (notifications were lost); else it is added to them (the table
+	// outlived the daemon that made its grants).
+	replace bool
+	reader  SetReader
+	start   time.Time
+	since   []ledgerChange
+	stale   bool
+	dropped bool
+}
+
+// maxSince bounds the changes a read keeps to apply again (about 80 bytes
+// each): past it, the read is stale.
+const maxSince = 1 << 18
+
+// ledgerChange is a grant recorded, or with forget set, forgotten.
+type ledgerChange struct {
+	grant  ledger.Grant
+	forget bool
+}
+
+// setsRead is what a readRun read: the elements of each grant set.
+type setsRead struct {
+	els map[string][]nft.Element
+	err error
 }
 
 // request is one thing asked of the gate; one field is set.
@@ -201,6 +266,7 @@ func New(fw Firewall, o Options) *Gate {
 	return &Gate{
 		log: o.Log, lines: o.Lines, fw: fw, now: o.Now, maxHk: max(o.MaxHooksRunning, 1),
 		reqs:       make(chan request, queueLen),
+		readDone:   make(chan setsRead, 1),
 		ledger:     ledger.New(),
 		doors:      map[string]*config.Door{},
 		gates:      map[string]plan.Door{},
@@ -287,6 +353,10 @@ func (g *Gate) Run(ctx context.Context) error {
 	g.watch = w
 	defer func() {
 		g.watch.Close()
+		if g.reading != nil {
+			g.reading.reader.Close() // a read under way fails at once
+		}
+		g.readers.Wait()
 		for _, h := range g.hooks {
 			h.Wait()
 		}
@@ -306,6 +376,8 @@ func (g *Gate) Run(ctx context.Context) error {
 				g.handle(ctx, r)
 			case <-g.watch.C():
 				g.changes()
+			case res := <-g.readDone:
+				g.readEnded(res)
 			default:
 				g.restoreChunk()
 			}
@@ -318,6 +390,8 @@ func (g *Gate) Run(ctx context.Context) error {
 			g.handle(ctx, r)
 		case <-g.watch.C():
 			g.changes()
+		case res := <-g.readDone:
+			g.readEnded(res)
 		case <-tick.C:
 			g.tick()
 		}
@@ -367,10 +441,13 @@ func (g *Gate) install(p *plan.Plan, doors []*config.Door) error {
 		newGates[gd.Name] = gd
 	}
 	g.doors, g.gates = newDoors, newGates
+	if g.reading != nil {
+		g.reading.stale = true // it may read sets that are no more
+	}
 	g.ledger.SetDoors(limits)
 	g.setDoor = map[string]string{}
 	g.ports = map[string][]uint16{}
-	g.restore = g.restore[:0]
+	g.restore, g.restoreSets = nil, map[string]bool{}
 	for _, s := range p.Sets {
 		switch s.Role {
 		case plan.RolePorts:
@@ -379,49 +456,35 @@ func (g *Gate) install(p *plan.Plan, doors []*config.Door) error {
 			g.setDoor[s.Name] = s.Door
 		}
 	}
+	seed := false
 	for _, s := range p.Sets {
 		if s.Role != plan.RoleGrant {
 			continue
 		}
 		switch {
 		case kept[s.Name] && !g.seeded:
-			if err := g.readInto(s.Name); err != nil {
-				g.log.Error("reading the grants the table kept failed: they stay in the kernel until they run out, but are not restored if it is flushed",
-					zap.String("set", s.Name), zap.Error(err))
-			}
+			seed = true
 		case !kept[s.Name]:
-			g.restore = append(g.restore, g.grantsIn(s.Name)...)
+			g.restoreSet(s.Name)
 		}
+	}
+	if seed {
+		g.readSets(false)
 	}
 	g.seeded = true
 	return nil
 }
 
-// grantsIn lists the ledger's live grants that set holds.
-func (g *Gate) grantsIn(set string) []ledger.Grant {
+// restoreSet queues the ledger's grants of set to be put back.
+func (g *Gate) restoreSet(set string) {
+	g.restoreSets[set] = true
 	door := g.setDoor[set]
-	gd := g.gates[door]
-	var out []ledger.Grant
-	for _, gr := range g.ledger.Live(door, g.now()) {
-		if s, _ := gd.GrantSet(gr.Addr); s == set {
-			out = append(out, gr)
+	for _, c := range g.restore {
+		if c.Door() == door {
+			return // one walk over the door serves all its sets
 		}
 	}
-	return out
-}
-
-// readInto files the elements of the grant set set in the ledger.
-func (g *Gate) readInto(set string) error {
-	els, err := g.fw.Read(set)
-	if err != nil {
-		return err
-	}
-	now := g.now()
-	door := g.setDoor[set]
-	for _, e := range els {
-		g.ledger.Record(g.grantOf(door, e.Key, e.Timeout, e.Expires, now))
-	}
-	return nil
+	g.restore = append(g.restore, g.ledger.Cursor(door))
 }
 
 // grantOf is the ledger's grant for an element of door's set.
@@ -435,19 +498,22 @@ func (g *Gate) grantOf(door string, key []byte, timeout, left time.Duration, now
 }
 
 // restoreChunk puts the next chunk of the grants to restore back, each
-// with the time it has left; those that ran out meanwhile are skipped.
+// with the time it has left; those that ran out or went meanwhile are
+// skipped.
 func (g *Gate) restoreChunk() {
-	n := min(len(g.restore), restoreChunk)
-	chunk := g.restore[:n]
-	g.restore = g.restore[n:]
 	now := g.now()
+	c := g.restore[0]
+	chunk, more := c.Next(restoreChunk, now)
+	if !more {
+		g.restore = g.restore[1:]
+	}
 	bySet := map[string][]nft.Element{}
 	var order []string
 	for _, gr := range chunk {
-		if !gr.Live(now) {
-			continue
-		}
 		set, key := g.gates[gr.Door].GrantSet(gr.Addr)
+		if !g.restoreSets[set] {
+			continue // its set was kept
+		}
 		e := nft.Element{Key: key}
 		if !gr.Expires.IsZero() {
 			left := gr.Expires.Sub(now).Truncate(time.Millisecond)
@@ -532,6 +598,7 @@ drain:
 			case ledger.NoDoor:
 				continue
 			}
+			g.noteChange(ledgerChange{grant: gr})
 			writes = append(writes, write{q, k, res, gr})
 		}
 	}
@@ -575,7 +642,7 @@ drain:
 	opened := map[*Grant]bool{}
 	for i, w := range writes {
 		if err, bad := failed[i]; bad {
-			g.ledger.Delete(w.req.Door, w.key)
+			g.forget(w.req.Door, w.key)
 			g.log.Error("door NOT opened: adding the source to the set failed", zap.String("door", w.req.Door),
 				zap.Stringer("source", w.req.Source), zap.Error(err))
 			opened[w.req] = false
@@ -634,7 +701,7 @@ func (g *Gate) revoke(r *revokeRequest) {
 				zap.Stringer("source", r.source), zap.Error(err))
 			return
 		}
-		g.ledger.Delete(d.Name, ledger.Key{Addr: a})
+		g.forget(d.Name, ledger.Key{Addr: a})
 	}
 	g.lines.Info("door closed by close sequence", zap.String("door", d.Name), zap.Stringer("source", r.source))
 	g.runHook("on_close", d, r.source)
@@ -706,6 +773,7 @@ func (g *Gate) tick() {
 			zap.String("door", door), zap.Uint64("refused", n), zap.Int("max_grants", g.doors[door].MaxGrants))
 		delete(g.full, door)
 	}
+	g.afterOverrun()
 	// Retries wait on the real clock, whatever g.now is.
 	if g.pending != 0 && !time.Now().Before(g.retryAt) {
 		ch := g.pending
@@ -753,7 +821,7 @@ func (g *Gate) changes() {
 	if g.plan == nil {
 		return
 	}
-	if ch&(nft.ChangedRuleset|nft.Overrun) != 0 {
+	if ch&nft.ChangedRuleset != 0 {
 		healed, err := g.heal(ch)
 		if err != nil {
 			g.log.Error("the table is damaged or could not be checked, and re-installing it failed; retrying",
@@ -766,28 +834,49 @@ func (g *Gate) changes() {
 		}
 	}
 	now := g.now()
+	for _, e := range elems {
+		door, ok := g.setDoor[e.Set]
+		if !ok {
+			continue
+		}
+		if e.Deleted {
+			addr, _ := nft.AddrOf(e.Key, g.gates[door].Anyone)
+			g.forget(door, ledger.Key{Addr: addr})
+			continue
+		}
+		gr := g.grantOf(door, e.Key, e.Timeout, e.Expires, now)
+		g.ledger.Record(gr)
+		g.noteChange(ledgerChange{grant: gr})
+	}
 	if ch&nft.Overrun != 0 {
-		// Element notifications were lost: read the grant sets anew.
-		if err := g.resync(); err != nil {
-			g.log.Error("reading grants changed by someone else failed; retrying", zap.Duration("retry_in", g.backoff), zap.Error(err))
-			g.again(nft.Overrun)
-			return
-		}
-	} else {
-		for _, e := range elems {
-			door, ok := g.setDoor[e.Set]
-			if !ok {
-				continue
-			}
-			if e.Deleted {
-				addr, _ := nft.AddrOf(e.Key, g.gates[door].Anyone)
-				g.ledger.Delete(door, ledger.Key{Addr: addr})
-				continue
-			}
-			g.ledger.Record(g.grantOf(door, e.Key, e.Timeout, e.Expires, now))
-		}
+		// Notifications were lost: anything may have changed. Looked at
+		// on the next tick, once, however many overruns came meanwhile:
+		// a restore of many grants overruns the socket with the
+		// notifications of our own batches, and reading every set at
+		// each of them would starve the restore.
+		g.overrun = true
 	}
 	g.backoff = healRetryMin
+}
+
+// afterOverrun checks the table and reads the grant sets anew, once
+// notifications were lost and no restore is under way (its own batches are
+// what overran the socket, most likely, and the sets are being written).
+func (g *Gate) afterOverrun() {
+	if !g.overrun || len(g.restore) > 0 || g.plan == nil {
+		return
+	}
+	g.overrun = false
+	healed, err := g.heal(nft.Overrun)
+	if err != nil {
+		g.log.Error("the table could not be checked, or re-installing it failed; retrying",
+			zap.String("table", "inet "+g.plan.Table), zap.Duration("retry_in", g.backoff), zap.Error(err))
+		g.again(nft.Overrun)
+		return
+	}
+	if !healed {
+		g.readSets(true)
+	}
 }
 
 // heal installs the plan again if the table no longer holds it, and queues
@@ -803,19 +892,28 @@ func (g *Gate) heal(seen nft.Change) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	var restore []ledger.Grant
+	back := g.now().Sub(start)
+	if g.reading != nil {
+		// The sets it reads are gone; the ledger is what they are
+		// rebuilt from.
+		g.reading.dropped = true
+	}
+	g.restore, g.restoreSets = nil, map[string]bool{}
 	for _, s := range p.Sets {
 		if s.Role == plan.RoleGrant && !kept[s.Name] {
-			restore = append(restore, g.grantsIn(s.Name)...)
+			g.restoreSet(s.Name)
 		}
 	}
-	g.restore = restore
+	left := 0
+	for _, c := range g.restore {
+		left += c.Left()
+	}
 	g.backoff = healRetryMin
 	g.healing = &healRun{start: start}
 	g.log.Info("the table was damaged or deleted: its rules and sets are back; putting its grants back",
-		zap.String("table", "inet "+g.plan.Table), zap.Stringer("seen", seen), zap.Int("grants", len(restore)),
-		zap.Duration("gate_back_in", g.now().Sub(start)))
-	if len(restore) > 0 {
+		zap.String("table", "inet "+g.plan.Table), zap.Stringer("seen", seen), zap.Int("grants", left),
+		zap.Duration("gate_back_in", back))
+	if len(g.restore) > 0 {
 		g.restoreChunk()
 	} else {
 		g.healed()
@@ -835,27 +933,116 @@ func (g *Gate) withPorts(p *plan.Plan) *plan.Plan {
 	return &q
 }
 
-// resync replaces the ledger's grants with what the grant sets hold now.
-// On error the ledger stays as it was.
-func (g *Gate) resync() error {
+// readSets starts a read of every grant set on a SetReader of its own
+// goroutine (a dump of a big set is slow, and the gate serves meanwhile),
+// or marks the read under way stale, to be done again. replace: see
+// readRun.
+func (g *Gate) readSets(replace bool) {
+	if run := g.reading; run != nil {
+		run.stale = true
+		run.replace = run.replace || replace
+		return
+	}
+	r, err := g.fw.Reader()
+	if err != nil {
+		g.readFailed(replace, err)
+		return
+	}
+	sets := slices.Sorted(maps.Keys(g.setDoor))
+	g.reading = &readRun{replace: replace, reader: r, start: time.Now()}
+	g.readers.Add(1)
+	go func() {
+		defer g.readers.Done()
+		res := setsRead{els: map[string][]nft.Element{}}
+		for _, set := range sets {
+			els, err := r.Read(set)
+			if err != nil {
+				res.err = err
+				break
+			}
+			res.els[set] = els
+		}
+		g.readDone <- res // room for one: one read at a time
+	}()
+}
+
+// noteChange keeps c for the read under way, if any.
+func (g *Gate) noteChange(c ledgerChange) {
+	run := g.reading
+	if run == nil || run.stale {
+		return
+	}
+	if len(run.since) == maxSince {
+		run.stale, run.since = true, nil
+		return
+	}
+	run.since = append(run.since, c)
+}
+
+// forget deletes a grant from the ledger, and notes it for a read.
+func (g *Gate) forget(door string, k ledger.Key) {
+	g.ledger.Delete(door, k)
+	g.noteChange(ledgerChange{grant: ledger.Grant{Door: door, Key: k}, forget: true})
+}
+
+// readEnded files what a read of the grant sets found in the ledger.
+func (g *Gate) readEnded(res setsRead) {
+	run := g.reading
+	g.reading = nil
+	run.reader.Close()
+	switch {
+	case run.dropped:
+		return
+	case res.err != nil:
+		g.readFailed(run.replace, res.err)
+		return
+	case run.stale:
+		g.readSets(run.replace)
+		return
+	}
 	now := g.now()
-	read := map[string][]nft.Element{}
-	for set := range g.setDoor {
-		els, err := g.fw.Read(set)
-		if err != nil {
-			return err
+	if run.replace {
+		for _, door := range g.ledger.Doors() {
+			g.ledger.Clear(door)
 		}
-		read[set] = els
 	}
-	for _, door := range g.ledger.Doors() {
-		g.ledger.Clear(door)
-	}
-	for set, els := range read {
+	n := 0
+	for set, els := range res.els {
+		door, ok := g.setDoor[set]
+		if !ok {
+			continue
+		}
 		for _, e := range els {
-			g.ledger.Record(g.grantOf(g.setDoor[set], e.Key, e.Timeout, e.Expires, now))
+			g.ledger.Record(g.grantOf(door, e.Key, e.Timeout, e.Expires, now))
+		}
+		n += len(els)
+	}
+	for _, c := range run.since {
+		if c.forget {
+			g.ledger.Delete(c.grant.Door, c.grant.Key)
+		} else {
+			g.ledger.Record(c.grant)
 		}
 	}
-	return nil
+	took := time.Since(run.start).Round(time.Millisecond)
+	if run.replace {
+		g.log.Info("grants read anew from the kernel: changes someone else made came faster than their notifications",
+			zap.Int("grants", n), zap.Duration("took", took))
+		return
+	}
+	g.log.Info("grants the table kept read into the record", zap.Int("grants", n), zap.Duration("took", took))
+}
+
+// readFailed logs a failed read and, for one after lost notifications,
+// tries again after the backoff.
+func (g *Gate) readFailed(replace bool, err error) {
+	if !replace {
+		g.log.Error("reading the grants the table kept failed: they stay in the kernel until they run out, but are not restored if it is flushed",
+			zap.Error(err))
+		return
+	}
+	g.log.Error("reading grants changed by someone else failed; retrying", zap.Duration("retry_in", g.backoff), zap.Error(err))
+	g.again(nft.Overrun)
 }
 
 // again schedules ch to be looked at again after the backoff, and doubles

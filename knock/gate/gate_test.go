@@ -62,8 +62,13 @@ func planFor(doors ...*config.Door) *plan.Plan {
 func startGate(t *testing.T, doors ...*config.Door) *testGate {
 	t.Helper()
 	c := &clock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	return startGateOn(t, NewFakeFirewall(c.now), c, doors...)
+}
+
+// startGateOn starts a gate on fw, whose clock is c.
+func startGateOn(t *testing.T, fw *FakeFirewall, c *clock, doors ...*config.Door) *testGate {
+	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
-	fw := NewFakeFirewall(c.now)
 	g := &testGate{Gate: New(fw, Options{Log: zap.New(core), Now: c.now}), t: t, fw: fw, clock: c, logs: logs, doors: doors}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -116,6 +121,8 @@ func (g *testGate) open(doorName string, a netip.Addr) {
 var (
 	alice = netip.MustParseAddr("198.51.100.1")
 	bob   = netip.MustParseAddr("198.51.100.2")
+	carol = netip.MustParseAddr("198.51.100.3")
+	dave  = netip.MustParseAddr("198.51.100.4")
 )
 
 // TestHealRestoresWithTimeLeft: after a flush, the gate installs the table
@@ -181,6 +188,76 @@ func (g *testGate) ledgerGet(door string, a netip.Addr) (ledger.Grant, bool) {
 	}}
 	r := <-got
 	return r.g, r.ok
+}
+
+// TestReadOfKeptGrantsBlocksNothing: a restart reads the grants the table
+// kept on a reader of its own (a dump of a big set takes minutes); while it
+// reads, knocks are granted and changes someone else makes are followed,
+// and once it is done the record is what the kernel holds: a grant deleted
+// during the read does not come back from what the read saw earlier, and
+// none made meanwhile is lost. A heal then restores exactly that.
+func TestReadOfKeptGrantsBlocksNothing(t *testing.T) {
+	c := &clock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	fw := NewFakeFirewall(c.now)
+	ssh := door("ssh", time.Hour)
+	if _, err := fw.Install(planFor(ssh)); err != nil {
+		t.Fatal(err)
+	}
+	fw.AddElement("ssh_v4", alice.AsSlice(), time.Hour)
+	fw.AddElement("ssh_v4", carol.AsSlice(), time.Hour)
+	hold := make(chan struct{})
+	fw.HoldRead = hold
+	g := startGateOn(t, fw, c, ssh)
+
+	g.open("ssh", bob) // the gate serves while the read is held
+	fw.DeleteElement("ssh_v4", carol.AsSlice())
+	fw.AddElement("ssh_v4", dave.AsSlice(), time.Hour)
+	// dave's notification came after carol's: once dave is in the
+	// record, carol's deletion was seen.
+	g.wait("dave in the ledger", func() bool { _, ok := g.ledgerGet("ssh", dave); return ok })
+	if g.logs.FilterMessage("grants the table kept read into the record").Len() != 0 {
+		t.Fatal("the read ended while held")
+	}
+	close(hold)
+	g.wait("the read", func() bool { return g.logs.FilterMessage("grants the table kept read into the record").Len() == 1 })
+	want := map[netip.Addr]bool{alice: true, bob: true, carol: false, dave: true}
+	for a, in := range want {
+		if _, ok := g.ledgerGet("ssh", a); ok != in {
+			t.Errorf("%v in the ledger: %v, want %v", a, ok, in)
+		}
+	}
+	g.fw.Flush()
+	g.wait("the heal", func() bool {
+		return g.logs.FilterMessage("table gone: re-installed with 3 live grants restored").Len() == 1
+	})
+	for a, in := range want {
+		if _, ok := g.element("ssh_v4", a); ok != in {
+			t.Errorf("%v in the set after the heal: %v, want %v", a, ok, in)
+		}
+	}
+}
+
+// TestResyncKeepsGrantsMadeMeanwhile: after lost notifications the gate
+// reads every grant set anew, replacing its record; a knock granted while
+// that read runs is kept, though the read began before it.
+func TestResyncKeepsGrantsMadeMeanwhile(t *testing.T) {
+	g := startGate(t, door("ssh", time.Hour))
+	g.open("ssh", alice)
+	hold := make(chan struct{})
+	g.fw.mu.Lock()
+	g.fw.HoldRead = hold
+	g.fw.mu.Unlock()
+	g.watch.Again(nft.Overrun)
+	// The read starts on the next tick; bob knocks once it holds.
+	time.Sleep(1500 * time.Millisecond)
+	g.open("ssh", bob)
+	close(hold)
+	g.wait("the resync", func() bool { return g.logs.FilterMessageSnippet("grants read anew from the kernel").Len() == 1 })
+	for _, a := range []netip.Addr{alice, bob} {
+		if _, ok := g.ledgerGet("ssh", a); !ok {
+			t.Errorf("%v not in the ledger after the resync", a)
+		}
+	}
 }
 
 // TestHealRetries: a heal that fails is tried again later, and works then.

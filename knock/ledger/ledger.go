@@ -341,3 +341,49 @@ func (h *expiryHeap) Pop() any {
 	*h = old[:len(old)-1]
 	return x
 }
+
+// Cursor walks the grants a door held when it was made, a few at a time,
+// as they stand at each step: a heal puts back a million grants in chunks
+// between other work, and must neither copy a million grants up front nor
+// put back one that was revoked or ran out meanwhile.
+type Cursor struct {
+	l    *Ledger
+	door string
+	keys []key
+}
+
+// Cursor starts a walk over door's grants.
+func (l *Ledger) Cursor(doorName string) *Cursor {
+	c := &Cursor{l: l, door: doorName}
+	if d := l.doors[doorName]; d != nil {
+		c.keys = make([]key, 0, len(d.grants))
+		for k := range d.grants {
+			c.keys = append(c.keys, k)
+		}
+	}
+	return c
+}
+
+// Next returns up to n of the walk's grants still live at now, and false
+// once the walk is done.
+func (c *Cursor) Next(n int, now time.Time) ([]Grant, bool) {
+	d := c.l.doors[c.door]
+	var out []Grant
+	for len(c.keys) > 0 && len(out) < n {
+		k := c.keys[len(c.keys)-1]
+		c.keys = c.keys[:len(c.keys)-1]
+		if d == nil {
+			continue
+		}
+		if e, ok := d.grants[k]; ok && e.live(now) {
+			out = append(out, d.grant(k, e))
+		}
+	}
+	return out, len(c.keys) > 0
+}
+
+// Door is the door the walk is over.
+func (c *Cursor) Door() string { return c.door }
+
+// Left is how many grants the walk has still to look at.
+func (c *Cursor) Left() int { return len(c.keys) }
