@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -37,6 +38,7 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	binDir = dir
 	daemonBin = filepath.Join(dir, "nftknockd")
 	args := []string{"build", "-o", daemonBin}
 	if *raceDaemon {
@@ -49,6 +51,30 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	return m.Run()
+}
+
+// binDir holds the binaries the tests build.
+var binDir string
+
+var plainBuild = sync.OnceValues(func() (string, error) {
+	bin := filepath.Join(binDir, "nftknockd-plain")
+	out, err := exec.Command("go", "build", "-o", bin, "../cmd/nftknockd").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("build nftknockd without -race: %v: %s", err, out)
+	}
+	return bin, nil
+})
+
+// plainDaemonBin is nftknockd built without -race, for tests of scale: a
+// million grants under the race detector take minutes of CPU and
+// gigabytes, and measure the detector.
+func plainDaemonBin(t testing.TB) string {
+	t.Helper()
+	bin, err := plainBuild()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
 }
 
 // newLab makes a lab that is deleted when the test ends, even on failure.
@@ -101,7 +127,13 @@ open_for = %q
 // shown if the test failed.
 func startDaemon(t testing.TB, l *lab.Lab, config string) *lab.Daemon {
 	t.Helper()
-	d, err := l.StartDaemon(daemonBin, config)
+	return startDaemonBin(t, l, daemonBin, config)
+}
+
+// startDaemonBin is startDaemon of the binary bin.
+func startDaemonBin(t testing.TB, l *lab.Lab, bin, config string) *lab.Daemon {
+	t.Helper()
+	d, err := l.StartDaemon(bin, config)
 	if err != nil {
 		t.Fatal(err)
 	}

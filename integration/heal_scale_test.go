@@ -1,0 +1,140 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+
+	"github.com/nftknock/nftknock/integration/lab"
+	"github.com/nftknock/nftknock/nft"
+)
+
+// TestHealMillionGrants: a million live grants (added by someone else, as
+// `nft add element` would, and read into the daemon's record), then `nft
+// flush ruleset`. The gate is back in one small batch (rules and empty
+// sets) within 20 ms of the table's deletion, whatever the number of
+// grants, so a source without a grant is dropped again at once; then every
+// one of the million grants comes back, chunk by chunk, while a knock of
+// the door still opens meanwhile.
+func TestHealMillionGrants(t *testing.T) {
+	const grants = 1_000_000
+	l := newLab(t)
+	d := startDaemonBin(t, l, plainDaemonBin(t), writeConfig(t, "", `
+[[door]]
+name = "ssh"
+sequence = ["7000:tcp", "8000:udp", "9000:tcp"]
+seq_timeout = "5s"
+open = ["22:tcp"]
+open_for = "30m"
+max_grants = 1048576
+`))
+	nsf, err := os.Open("/run/netns/" + l.Server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsf.Close()
+	other, err := nft.Open("nftknock", nftables.WithNetNSFd(int(nsf.Fd())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	// 10.0.0.0 onwards: a million addresses, none of the lab's.
+	els := make([]nft.Element, grants)
+	for i := range els {
+		a := [4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}
+		els[i] = nft.Element{Key: a[:], Timeout: 30 * time.Minute}
+	}
+	start := time.Now()
+	if refused, first, err := other.Put("ssh_v4", els); err != nil || len(refused) > 0 {
+		t.Fatalf("adding a million grants: %v, %d refused (%v)", err, len(refused), first)
+	}
+	t.Logf("a million grants added by someone else in %v", time.Since(start).Round(time.Millisecond))
+	// The daemon reads them from the kernel's notifications (or, had
+	// they come faster than it reads, from the set, which takes minutes):
+	// wait until it has done with them, its CPU time standing still for
+	// longer than its one-second tick.
+	waitIdle(t, d.Pid(), 3*time.Second, 5*time.Minute)
+
+	events := watchTable(t, l)
+	flushed := time.Now()
+	if out, err := lab.Run(l.Server, "nft", "flush", "ruleset"); err != nil {
+		t.Fatalf("nft flush ruleset: %v %s", err, out)
+	}
+	t.Logf("nft flush ruleset ran %v", time.Since(flushed).Round(time.Millisecond))
+	took := events.healedWithin(t, 20*time.Millisecond)
+	t.Logf("nft flush ruleset → gate back in %v", took)
+	if err := d.WaitLog("putting its grants back", 5*time.Second); err == nil {
+		t.Logf("daemon: %s", lineWith(d.Log(), "putting its grants back"))
+	}
+	// The gate drops a source without a grant while the grants come back,
+	// and a knock opens.
+	mustFiltered(t, l, lab.Client2V4, ssh4)
+	mustKnock(t, l, false, 0, "7000", "8000:udp", "9000")
+	mustOpen(t, l, lab.ClientV4, ssh4)
+
+	if err := d.WaitLog("table gone: re-installed with", 2*time.Minute); err != nil {
+		for _, line := range strings.Split(d.Log(), "\n") {
+			if strings.Contains(line, "table") || strings.Contains(line, "grants") {
+				t.Log(line)
+			}
+		}
+		t.Fatal(err)
+	}
+	// A dump of a million elements takes the kernel minutes (it walks
+	// the set from its start for every buffer it fills), so the set is
+	// checked by lookups: every 997th address of the million, the first
+	// and the last. The daemon's count says it put back every one.
+	var sample []string
+	for i := 0; i < grants; i += 997 {
+		sample = append(sample, fmt.Sprintf("10.%d.%d.%d", byte(i>>16), byte(i>>8), byte(i)))
+	}
+	sample = append(sample, "10.15.66.63") // the millionth: 999 999
+	if out, err := lab.Run(l.Server, "nft", "get", "element", "inet", "nftknock", "ssh_v4", "{ "+strings.Join(sample, ", ")+" }"); err != nil {
+		t.Fatalf("%d sampled grants looked up after the heal: %v\n%.2000s", len(sample), err, out)
+	}
+	m := regexp.MustCompile(`table gone: re-installed with (\d+) live grants restored`).FindStringSubmatch(d.Log())
+	if n, _ := strconv.Atoi(m[1]); n < grants {
+		t.Errorf("the daemon restored %d grants, want all %d", n, grants)
+	}
+	t.Logf("daemon: %s", lineWith(d.Log(), "table gone"))
+}
+
+// waitIdle waits until process pid has used no CPU for quiet.
+func waitIdle(t *testing.T, pid int, quiet, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	last, since := int64(-1), time.Now()
+	for time.Now().Before(deadline) {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+		var utime, stime int64
+		fmt.Sscan(f[11], &utime)
+		fmt.Sscan(f[12], &stime)
+		if utime+stime != last {
+			last, since = utime+stime, time.Now()
+		} else if time.Since(since) >= quiet {
+			return
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Fatalf("process %d still busy after %v", pid, within)
+}
+
+// lineWith is the first line of log that holds s.
+func lineWith(log, s string) string {
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, s) {
+			return line
+		}
+	}
+	return ""
+}
