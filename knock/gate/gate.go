@@ -419,15 +419,16 @@ func (g *Gate) readInto(set string) error {
 	now := g.now()
 	door := g.setDoor[set]
 	for _, e := range els {
-		g.ledger.Record(g.grantOf(door, e.Key, e.Timeout, e.Expires, now))
+		g.ledger.Record(g.grantOf(door, e.Key, e.Timeout, e.Expires, e.Comment, now))
 	}
 	return nil
 }
 
-// grantOf is the ledger's grant for an element of door's set.
-func (g *Gate) grantOf(door string, key []byte, timeout, left time.Duration, now time.Time) ledger.Grant {
+// grantOf is the ledger's grant for an element of door's set; its comment
+// says who made it.
+func (g *Gate) grantOf(door string, key []byte, timeout, left time.Duration, by string, now time.Time) ledger.Grant {
 	addr, _ := nft.AddrOf(key, g.gates[door].Anyone)
-	gr := ledger.Grant{Door: door, Key: ledger.Key{Addr: addr}, Timeout: timeout}
+	gr := ledger.Grant{Door: door, Key: ledger.Key{Addr: addr}, Timeout: timeout, By: by}
 	if timeout != 0 {
 		gr.Expires = now.Add(left)
 	}
@@ -448,7 +449,7 @@ func (g *Gate) restoreChunk() {
 			continue
 		}
 		set, key := g.gates[gr.Door].GrantSet(gr.Addr)
-		e := nft.Element{Key: key}
+		e := nft.Element{Key: key, Comment: gr.By}
 		if !gr.Expires.IsZero() {
 			left := gr.Expires.Sub(now).Truncate(time.Millisecond)
 			if left < time.Millisecond {
@@ -540,7 +541,7 @@ drain:
 	index := map[string][]int{}
 	for i, w := range writes {
 		set, key := g.gates[w.req.Door].GrantSet(w.key.Addr)
-		e := nft.Element{Key: key, Timeout: w.grant.Timeout, Live: w.result != ledger.Added}
+		e := nft.Element{Key: key, Timeout: w.grant.Timeout, Live: w.result != ledger.Added, Comment: w.grant.By}
 		if w.result == ledger.Kept {
 			// A knock never shortens a grant: the longer one is written
 			// back as it is (or put back, had it gone missing).
@@ -784,7 +785,7 @@ func (g *Gate) changes() {
 				g.ledger.Delete(door, ledger.Key{Addr: addr})
 				continue
 			}
-			g.ledger.Record(g.grantOf(door, e.Key, e.Timeout, e.Expires, now))
+			g.ledger.Record(g.grantOf(door, e.Key, e.Timeout, e.Expires, e.Comment, now))
 		}
 	}
 	g.backoff = healRetryMin
@@ -852,7 +853,7 @@ func (g *Gate) resync() error {
 	}
 	for set, els := range read {
 		for _, e := range els {
-			g.ledger.Record(g.grantOf(g.setDoor[set], e.Key, e.Timeout, e.Expires, now))
+			g.ledger.Record(g.grantOf(g.setDoor[set], e.Key, e.Timeout, e.Expires, e.Comment, now))
 		}
 	}
 	return nil
