@@ -115,6 +115,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzOpenPlaintext -fuzztime 60s ./knock/fwknop/
 	$(GO) test -run '^$$' -fuzz FuzzMigrateFwknop -fuzztime 60s ./cmd/nftknock/
 	$(GO) test -run '^$$' -fuzz FuzzReadDNATRule -fuzztime 60s ./nft/
+	$(GO) test -run '^$$' -fuzz FuzzElementComment -fuzztime 60s ./nft/
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 60s ./knock/sshspa/
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./knock/authkeys/
 

@@ -35,3 +35,17 @@ func TestElementComment(t *testing.T) {
 		}
 	}
 }
+
+// FuzzElementComment: any userdata reads without a panic, and any
+// comment written reads back cut to MaxComment bytes, with no double
+// quote or control character for nft to choke on.
+func FuzzElementComment(f *testing.F) {
+	f.Add([]byte{0, 4, 'b', 'o', 'b', 0}, "'alice@laptop' SHA256:x")
+	f.Fuzz(func(t *testing.T, udata []byte, comment string) {
+		commentOf(udata)
+		got := commentOf(commentUserdata(comment))
+		if len(got) > MaxComment || strings.ContainsAny(got, "\"\n\r\t\x00") {
+			t.Errorf("%q reads back as %q", comment, got)
+		}
+	})
+}

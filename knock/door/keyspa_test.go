@@ -122,12 +122,12 @@ func TestKeySPAOpensForTheKey(t *testing.T) {
 	l := newKeySPALab(t, "# the team\n"+line(alice, "", "alice@laptop"), "")
 	a := newRecorder()
 	l.d.Packet(l.now, l.datagram(alice, client, nil, client, l.now), a)
-	want := fmt.Sprintf(`open 192.0.2.2 by "alice@laptop" %s`, fingerprint(alice))
+	want := fmt.Sprintf(`open 192.0.2.2 by 'alice@laptop' %s`, fingerprint(alice))
 	if got := a.opens(); len(got) != 1 || got[0] != want {
 		t.Fatalf("opens %q, want %q", got, want)
 	}
 	lines := l.logs.FilterMessage("SPA request authenticated").All()
-	if len(lines) != 1 || lines[0].ContextMap()["key"] != `"alice@laptop" `+fingerprint(alice) {
+	if len(lines) != 1 || lines[0].ContextMap()["key"] != `'alice@laptop' `+fingerprint(alice) {
 		t.Errorf("log %v", l.logs.All())
 	}
 }
@@ -153,12 +153,12 @@ func TestKeySPARejections(t *testing.T) {
 		value  string
 	}{
 		{"unknown key", l.datagram(bob, client, nil, client, l.now), "claimed_key", fingerprint(bob)},
-		{"from= refused", l.datagram(carol, client, nil, client, l.now), "key", `"carol@office" ` + fingerprint(carol)},
-		{"expired key", l.datagram(dave, client, nil, client, l.now), "key", `"dave@gone" ` + fingerprint(dave)},
+		{"from= refused", l.datagram(carol, client, nil, client, l.now), "key", `'carol@office' ` + fingerprint(carol)},
+		{"expired key", l.datagram(dave, client, nil, client, l.now), "key", `'dave@gone' ` + fingerprint(dave)},
 		{"not sealed to this server's key", l.datagram(alice, client, otherServer, client, l.now), "", ""},
 		{"stale", l.datagram(alice, client, nil, client, l.now.Add(-time.Minute)), "", ""},
 		{"sealed before the daemon started", l.datagram(alice, client, nil, client, l.now.Add(-3*time.Second)), "", ""},
-		{"requested address not allowed", l.datagram(alice, client, nil, other, l.now), "key", `"alice@laptop" ` + fingerprint(alice)},
+		{"requested address not allowed", l.datagram(alice, client, nil, other, l.now), "key", `'alice@laptop' ` + fingerprint(alice)},
 		{"truncated", truncated, "", ""},
 	} {
 		a := newRecorder()
@@ -183,7 +183,7 @@ func TestKeySPARejections(t *testing.T) {
 	l.rejected("replay")
 	// carol from inside her from=: opens.
 	l.d.Packet(l.now, l.datagram(carol, netip.MustParseAddr("10.1.2.3"), nil, netip.Addr{}, l.now), a)
-	if got := a.opens(); len(got) != 2 || !strings.HasPrefix(got[1], "open 10.1.2.3 by \"carol@office\"") {
+	if got := a.opens(); len(got) != 2 || !strings.HasPrefix(got[1], "open 10.1.2.3 by 'carol@office'") {
 		t.Errorf("carol from 10.1.2.3: %v", got)
 	}
 }
@@ -207,7 +207,7 @@ func TestKeySPARemovedLineStopsAtNextTick(t *testing.T) {
 	l.d.Packet(l.now, l.datagram(alice, client, nil, client, l.now), a)
 	l.rejected("unknown key")
 	l.d.Packet(l.now, l.datagram(bob, client, nil, client, l.now), a)
-	if got := a.opens(); len(got) != 3 || !strings.Contains(got[2], `"bob@desk"`) {
+	if got := a.opens(); len(got) != 3 || !strings.Contains(got[2], `'bob@desk'`) {
 		t.Errorf("opens %v, want bob's third", got)
 	}
 }
@@ -298,13 +298,38 @@ func TestKeySPALoadErrors(t *testing.T) {
 // replaced, and a long one cut.
 func TestKeyLabel(t *testing.T) {
 	for _, tc := range []struct{ comment, want string }{
-		{"alice@laptop", `"alice@laptop" SHA256:x`},
-		{"", `"" SHA256:x`},
-		{"a\"b\\c\nd é", `"a?b?c?d ??" SHA256:x`},
-		{strings.Repeat("z", 100), `"` + strings.Repeat("z", maxLabelComment) + `" SHA256:x`},
+		{"alice@laptop", `'alice@laptop' SHA256:x`},
+		{"", `'' SHA256:x`},
+		{"a\"b\\c\nd'é", `'a?b?c?d???' SHA256:x`},
+		{strings.Repeat("z", 100), `'` + strings.Repeat("z", maxLabelComment) + `' SHA256:x`},
 	} {
 		if got := KeyLabel(&authkeys.Key{Comment: tc.comment, Fingerprint: "SHA256:x"}); got != tc.want {
 			t.Errorf("%q: %q, want %q", tc.comment, got, tc.want)
 		}
+	}
+}
+
+// TestKeySPAPollsOnTheWorker: with a worker, the once-a-second look at the
+// files is a job of its own, one out at a time, and what it finds counts
+// from then on.
+func TestKeySPAPollsOnTheWorker(t *testing.T) {
+	alice := signer(t, 1)
+	l := newKeySPALab(t, line(alice, "", "alice@laptop"), "")
+	w := &fakeWorker{}
+	l.d.deps.Offload = w.offload
+	a := newRecorder()
+	l.write("")
+	l.d.Tick(l.now, a)
+	l.d.Tick(l.now.Add(time.Second), a)
+	if len(w.jobs) != 1 {
+		t.Fatalf("%d jobs after two Ticks with a poll out, want 1", len(w.jobs))
+	}
+	w.run(l.now, a) // the poll: alice's line is gone
+	l.d.Packet(l.now, l.datagram(alice, client, nil, client, l.now), a)
+	w.run(l.now, a)
+	l.rejected("unknown key")
+	l.d.Tick(l.now.Add(2*time.Second), a)
+	if len(w.jobs) != 1 {
+		t.Errorf("%d jobs after the next second's Tick, want a poll", len(w.jobs))
 	}
 }

@@ -52,7 +52,7 @@ func TestKeySPADoorOpens(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.src.Log("team/1", knocktest.UDP(alice, server, 62203, d))
-	by := `"alice@laptop" ` + ssh.FingerprintSHA256(aliceKey.PublicKey())
+	by := `'alice@laptop' ` + ssh.FingerprintSHA256(aliceKey.PublicKey())
 	if e := h.element("team_v4", alice); e.Comment != by || e.Timeout != 30*time.Second {
 		t.Errorf("grant %+v, want 30s with comment %q", e, by)
 	}
