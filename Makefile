@@ -92,7 +92,7 @@ test: deps vet unit integration
 # knock-to-open latency in namespaces (root).
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./knock/... ./nft/
-	$(GO) test -run '^$$' -bench KnockToOpen -benchtime 60x -count 5 ./integration/ -args -race-daemon=false
+	$(GO) test -run '^$$' -bench 'KnockToOpen|SPAToOpen' -benchtime 60x -count 5 ./integration/ -args -race-daemon=false
 	$(MAKE) --no-print-directory bench-flood
 
 # The daemon under a random-source SYN flood on its first knock port (root):
