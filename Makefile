@@ -96,7 +96,7 @@ test: deps vet unit integration
 # to CPU 0 and the daemon to CPU 1: see integration/bench_test.go.
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./knock/... ./nft/
-	$(GO) test -run '^$$' -bench KnockToOpen -benchtime 60x -count 3 ./integration/ -args -race-daemon=false
+	$(GO) test -run '^$$' -bench 'KnockToOpen|SPAToOpen' -benchtime 60x -count 3 ./integration/ -args -race-daemon=false
 	$(MAKE) --no-print-directory bench-flood
 
 # The daemon under random-source SYN floods on its first knock port
@@ -123,6 +123,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzOpenPlaintext -fuzztime 60s ./knock/fwknop/
 	$(GO) test -run '^$$' -fuzz FuzzMigrateFwknop -fuzztime 60s ./cmd/nftknock/
 	$(GO) test -run '^$$' -fuzz FuzzReadDNATRule -fuzztime 60s ./nft/
+	$(GO) test -run '^$$' -fuzz FuzzElementComment -fuzztime 60s ./nft/
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 60s ./knock/sshspa/
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./knock/authkeys/
 

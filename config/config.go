@@ -12,7 +12,7 @@
 //
 // A door is of one kind: the common keys (name, open, open_for, …) plus the
 // keys of its kind, each kind in a file of its own (door_sequence.go,
-// door_spa.go, door_rotating.go) and listed in Kinds.
+// door_spa.go, door_keyspa.go, door_rotating.go) and listed in Kinds.
 package config
 
 import (
@@ -77,6 +77,10 @@ type Config struct {
 	Table string
 	// MaxTracked bounds the number of sources whose progress is tracked.
 	MaxTracked int
+	// ServerKeyFile is the server's OpenSSH ed25519 key, which public-key
+	// SPA doors open their datagrams with (read by the daemon); "" if
+	// none is configured.
+	ServerKeyFile string
 	// Doors are the configured doors, in file order.
 	Doors []Door
 }
@@ -85,7 +89,7 @@ type Config struct {
 type Door struct {
 	// Name is unique, [a-z0-9_]+; the door's sets are <Name>_v4 and <Name>_v6.
 	Name string
-	// Kind is what opens the door: *Sequence, *SPA or *Rotating.
+	// Kind is what opens the door: *Sequence, *SPA, *KeySPA or *Rotating.
 	Kind Kind
 	// Interface, if set, is the only input interface the door's knocks
 	// count on.
@@ -154,7 +158,7 @@ type KindSpec struct {
 
 // Kinds are the built-in door kinds, in the order their selectors are
 // tried; the knock door is also the kind of a door with no selector.
-var Kinds = []KindSpec{spaKind, rotatingKind, sequenceKind}
+var Kinds = []KindSpec{keySPAKind, spaKind, rotatingKind, sequenceKind}
 
 // commonKeys are the keys every door may have.
 var commonKeys = []string{"name", "interface", "open", "open_to", "open_for", "max_grants", "always_allow", "on_open", "on_close", "hook_timeout"}
@@ -216,10 +220,11 @@ func Parse(file string, data []byte) (*Config, error) {
 // rawConfig is what the TOML's top level decodes into. Each door stays raw
 // (a key → value map) until its kind is known.
 type rawConfig struct {
-	NFLOGGroup *int64                      `toml:"nflog_group"`
-	Table      *string                     `toml:"table"`
-	MaxTracked *int64                      `toml:"max_tracked"`
-	Doors      []map[string]toml.Primitive `toml:"door"`
+	NFLOGGroup    *int64                      `toml:"nflog_group"`
+	Table         *string                     `toml:"table"`
+	MaxTracked    *int64                      `toml:"max_tracked"`
+	ServerKeyFile *string                     `toml:"server_key_file"`
+	Doors         []map[string]toml.Primitive `toml:"door"`
 }
 
 // ParseWith is Parse with the door kinds kinds.
@@ -244,7 +249,7 @@ func ParseWith(file string, data []byte, kinds []KindSpec) (*Config, error) {
 		// Doors are decoded key by key below; only the top level is
 		// left to report here.
 		if len(k) == 1 {
-			v.add(-1, "", k[0], "unknown key (known: nflog_group, table, max_tracked, [[door]])")
+			v.add(-1, "", k[0], "unknown key (known: nflog_group, table, max_tracked, server_key_file, [[door]])")
 		}
 	}
 	cfg := v.config(&raw)
@@ -306,6 +311,13 @@ func (v *validator) config(raw *rawConfig) *Config {
 			cfg.MaxTracked = int(m)
 		}
 	}
+	if raw.ServerKeyFile != nil {
+		if s := *raw.ServerKeyFile; !filepath.IsAbs(s) {
+			v.add(-1, "", "server_key_file", "%q must be an absolute path", s)
+		} else {
+			cfg.ServerKeyFile = s
+		}
+	}
 	switch {
 	case len(raw.Doors) == 0:
 		v.add(-1, "", "door", "no [[door]] is configured: add one (see nftknockd -print-config)")
@@ -325,6 +337,7 @@ func (v *validator) config(raw *rawConfig) *Config {
 	for _, e := range CheckClaims(cfg.Doors, nil) {
 		v.add(e.door, cfg.Doors[e.door].Name, e.field, "%s", e.msg)
 	}
+	v.needServerKey(cfg)
 	return cfg
 }
 
@@ -420,6 +433,9 @@ func (v *validator) kindOf(p *DoorParser) (kind *KindSpec, reported map[string]b
 			case kind == nil:
 				kind, foundKey = k, s
 			case kind == k:
+			case slices.Contains(kind.Keys, s):
+				// Another kind's selector that this kind has too
+				// (spa_port on a public-key SPA door).
 			case kind.Refuse[s] != "":
 				p.Errorf(s, kind.Refuse[s], s)
 				reported[s] = true

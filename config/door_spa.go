@@ -24,8 +24,11 @@ type SPA struct {
 func (*SPA) KindName() string { return "single-packet authorization" }
 
 // Claims implements Kind: the SPA port, the door's own.
-func (s *SPA) Claims() []Claim {
-	return []Claim{{Port: s.Port, Field: "spa_port", What: "door %q's SPA port", Own: "an SPA port must be a port of its own"}}
+func (s *SPA) Claims() []Claim { return []Claim{spaClaim(s.Port)} }
+
+// spaClaim is the claim of an SPA door's port, of either kind.
+func spaClaim(p Port) Claim {
+	return Claim{Port: p, Field: "spa_port", What: "door %q's SPA port", Own: "an SPA port must be a port of its own"}
 }
 
 // DefaultSPAMaxAge is an SPA door's spa_max_age when the file gives none.
@@ -44,7 +47,15 @@ var spaKind = KindSpec{
 }
 
 func parseSPA(p *DoorParser) Kind {
-	s := &SPA{}
+	s := &SPA{Port: spaPort(p)}
+	s.KeyFile = p.Path("key_file", "an SPA door needs a key file (nftknock keygen > FILE; chmod 600 FILE)")
+	s.MaxAge = p.Duration("spa_max_age", DefaultSPAMaxAge, maxSPAMaxAge)
+	s.AllowRequested, _ = p.Bool("spa_allow_requested")
+	return s
+}
+
+// spaPort is the door's spa_port: a UDP port, written with its protocol.
+func spaPort(p *DoorParser) Port {
 	raw, _ := p.String("spa_port")
 	port, err := ParseKnock(raw)
 	switch {
@@ -53,10 +64,7 @@ func parseSPA(p *DoorParser) Kind {
 	case port.Proto != UDP || !strings.Contains(raw, ":"):
 		p.Errorf("spa_port", "%q: an SPA port is a UDP port, written \"62201:udp\"", raw)
 	default:
-		s.Port = port
+		return port
 	}
-	s.KeyFile = p.Path("key_file", "an SPA door needs a key file (nftknock keygen > FILE; chmod 600 FILE)")
-	s.MaxAge = p.Duration("spa_max_age", DefaultSPAMaxAge, maxSPAMaxAge)
-	s.AllowRequested, _ = p.Bool("spa_allow_requested")
-	return s
+	return Port{}
 }

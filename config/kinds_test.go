@@ -18,13 +18,13 @@ func TestReferenceConfig(t *testing.T) {
 	for _, d := range cfg.Doors {
 		kinds[d.Kind.KindName()] = true
 	}
-	for _, want := range []Kind{&Sequence{}, &SPA{}, &Rotating{}} {
+	for _, want := range []Kind{&Sequence{}, &SPA{}, &KeySPA{}, &Rotating{}} {
 		if !kinds[want.KindName()] {
 			t.Errorf("no door of kind %q in the reference configuration", want.KindName())
 		}
 	}
 	text := string(ReferenceTOML())
-	keys := append([]string{"nflog_group", "table", "max_tracked"}, commonKeys...)
+	keys := append([]string{"nflog_group", "table", "max_tracked", "server_key_file"}, commonKeys...)
 	for _, k := range Kinds {
 		keys = append(keys, k.Keys...)
 	}

@@ -147,28 +147,14 @@ func floorRuleset(openFor string) string {
 
 // knockAndConnect sends 7000/tcp, 8000/udp, 9000/tcp to server from src
 // and returns how long after the last one a connection to port 22
-// completed. It spins: a fresh non-blocking connect every connectEvery,
-// each polled without waiting (a SYN dropped before the grant lands is
-// only retransmitted after a second, so each attempt is a new socket).
+// completed (awaitOpen).
 func knockAndConnect(src, server netip.Addr) (time.Duration, error) {
 	sa := &unix.SockaddrInet4{Addr: server.As4()}
-	local := &unix.SockaddrInet4{Addr: src.As4()}
-	socket := func(typ int) (int, error) {
-		fd, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return -1, err
-		}
-		if err := unix.Bind(fd, local); err != nil {
-			unix.Close(fd)
-			return -1, fmt.Errorf("bind %s: %w", src, err)
-		}
-		return fd, nil
-	}
 	for _, k := range []struct {
 		typ  int
 		port int
 	}{{unix.SOCK_STREAM, 7000}, {unix.SOCK_DGRAM, 8000}, {unix.SOCK_STREAM, 9000}} {
-		fd, err := socket(k.typ)
+		fd, err := boundSocket(src, k.typ)
 		if err != nil {
 			return 0, err
 		}
@@ -183,19 +169,39 @@ func knockAndConnect(src, server netip.Addr) (time.Duration, error) {
 			return 0, fmt.Errorf("knock %d: %w", k.port, err)
 		}
 	}
-	sent := time.Now()
+	return awaitOpen(src, server, time.Now())
+}
 
+// boundSocket is a non-blocking IPv4 socket of typ bound to src.
+func boundSocket(src netip.Addr, typ int) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4()}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind %s: %w", src, err)
+	}
+	return fd, nil
+}
+
+// awaitOpen returns how long after sent a connection from src to port 22
+// of server completed. It spins: a fresh non-blocking connect every
+// connectEvery, each polled without waiting (a SYN dropped before the
+// grant lands is only retransmitted after a second, so each attempt is a
+// new socket).
+func awaitOpen(src, server netip.Addr, sent time.Time) (time.Duration, error) {
+	sa := &unix.SockaddrInet4{Addr: server.As4(), Port: 22}
 	var fds []unix.PollFd
 	defer func() {
 		for _, p := range fds {
 			unix.Close(int(p.Fd))
 		}
 	}()
-	sa.Port = 22
 	var last time.Time
 	for time.Since(sent) < time.Second {
 		if time.Since(last) >= connectEvery {
-			fd, err := socket(unix.SOCK_STREAM)
+			fd, err := boundSocket(src, unix.SOCK_STREAM)
 			if err != nil {
 				return 0, err
 			}

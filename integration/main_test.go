@@ -77,8 +77,17 @@ func plainDaemonBin(t testing.TB) string {
 	return bin
 }
 
-// newLab makes a lab that is deleted when the test ends, even on failure.
+// newLab makes a lab that is deleted when the test ends, even on failure,
+// with a TCP echo server on port 22 of the server.
 func newLab(t testing.TB) *lab.Lab {
+	t.Helper()
+	l := newBareLab(t)
+	echo(t, l, 22)
+	return l
+}
+
+// newBareLab is newLab with nothing listening on the server.
+func newBareLab(t testing.TB) *lab.Lab {
 	t.Helper()
 	nstest.Require(t, lab.Tools...)
 	l, err := lab.New()
@@ -90,12 +99,17 @@ func newLab(t testing.TB) *lab.Lab {
 			t.Error(err)
 		}
 	})
-	stop, err := l.Echo(22)
+	return l
+}
+
+// echo serves TCP echo on port of the lab's server until the test ends.
+func echo(t testing.TB, l *lab.Lab, port uint16) {
+	t.Helper()
+	stop, err := l.Echo(port)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(stop)
-	return l
 }
 
 // writeConfig writes a config file for the test and returns its path.

@@ -35,7 +35,7 @@ open_for = "2s"
 `, key, key)
 }
 
-func writeKey(t *testing.T, dir string) (string, []byte) {
+func writeKey(t testing.TB, dir string) (string, []byte) {
 	t.Helper()
 	text := spa.GenerateKey()
 	path := filepath.Join(dir, "door.key")

@@ -32,6 +32,9 @@ import (
 // door's knock and hooks are its on_open/on_close; the rest is fixed.
 func bootDoors(sequence, openFor string) string {
 	return fmt.Sprintf(`# written by TestServiceUnderBootedSystemd
+# sshd's own host key: clients seal public-key knocks to it.
+server_key_file = "/etc/ssh/ssh_host_ed25519_key"
+
 [[door]]
 name = "ssh"
 sequence = %s
@@ -70,6 +73,15 @@ sequence_key_file = "/etc/nftknock/rot.key"
 rotate_every = %q
 seq_timeout = "3s"
 open = ["2204:tcp"]
+open_for = "10s"
+
+# The key the administrator logs in with, from root's authorized_keys
+# (ProtectHome=read-only: root's own files are readable).
+[[door]]
+name = "team"
+spa_port = "62203:udp"
+authorized_keys = ["/root/.ssh/authorized_keys"]
+open = ["2205:tcp"]
 open_for = "10s"
 `, sequence, openFor, bootRotateEvery)
 }
@@ -124,7 +136,7 @@ func TestServiceUnderBootedSystemd(t *testing.T) {
 	noErr(t, os.Mkdir(bt.keys, 0o700))
 	// Debian's sshd, listening on the port of every door.
 	m.WriteFile(t, "/etc/ssh/sshd_config.d/sdboot.conf",
-		"Port 22\nPort 2201\nPort 2202\nPort 2203\nPort 2204\nPasswordAuthentication no\n", 0o644)
+		"Port 22\nPort 2201\nPort 2202\nPort 2203\nPort 2204\nPort 2205\nPasswordAuthentication no\n", 0o644)
 	m.Boot(t, nil)
 	bt.logInAsAdmin(t)
 	defer func() { t.Logf("TestServiceUnderBootedSystemd took %s", time.Since(start).Round(time.Second)) }()
@@ -144,6 +156,7 @@ func TestServiceUnderBootedSystemd(t *testing.T) {
 		{"ICMPKnockWithPing", bt.icmp},
 		{"SPAWithNftknockSpa", bt.spa},
 		{"RotatingDoorWithNftknockKnock", bt.rotating},
+		{"PublicKeySPAWithTheHostKeyAndRootsKey", bt.keySPA},
 		{"ReloadTakesAChangedSequence", bt.reloadChanged},
 		{"ReloadOfABrokenConfigFailsAndTheOldStays", bt.reloadBroken},
 		{"RestartOfNftablesHealsAndKeepsTheGrant", bt.restartNftables},
@@ -461,7 +474,7 @@ func (bt *bootTest) enableNow(t *testing.T) {
 	if !strings.HasPrefix(status, "table inet nftknock, NFLOG group 7113, doors: ") {
 		t.Errorf("status text %q", status)
 	}
-	for _, door := range []string{"ssh", "once", "ping", "spa", "rot"} {
+	for _, door := range []string{"ssh", "once", "ping", "spa", "rot", "team"} {
 		if !strings.Contains(status, door) {
 			t.Errorf("status text %q does not name door %s", status, door)
 		}
@@ -635,6 +648,21 @@ func (bt *bootTest) rotating(t *testing.T) {
 			time.Sleep(500 * time.Millisecond)
 		}
 		bt.mustLogIn(t, addr, 2204)
+	}
+}
+
+// keySPA knocks on the public-key door with nftknock spa from the host
+// side, sealed to sshd's host key and signed with the administrator's
+// login key: the daemon, in its sandbox, reads both, and the journal names
+// the key.
+func (bt *bootTest) keySPA(t *testing.T) {
+	hostPub := filepath.Join(bt.keys, "host.pub")
+	noErr(t, os.WriteFile(hostPub, []byte(bt.m.ReadFile(t, "/etc/ssh/ssh_host_ed25519_key.pub")), 0o600))
+	for _, addr := range []netip.Addr{boot.GuestV4, boot.GuestV6} {
+		bt.journal.mark(t)
+		bt.hostSide(t, bt.client, "spa", "-door", "team", "-server-key-file", hostPub, "-identity", bt.ssh.Key(), "-p", "62203", addr.String())
+		bt.mustLogIn(t, addr, 2205)
+		bt.journal.wait(t, `"key": "'sdboot-test' SHA256:`, 5*time.Second)
 	}
 }
 

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -153,10 +155,11 @@ func (f *Firewall) sendBatch(batch []netlink.Message) error {
 
 // elementItem is one NFTA_LIST_ELEM: the key and, unless zero, the
 // element's whole timeout and the time it has left (its expiration), in
-// whole milliseconds. NEWSETELEM with both adds the element with that much
-// left, or, on Linux 6.12 and later, updates an element that is already
-// there in place: its timer restarts at the expiration.
-func elementItem(key []byte, timeout, expires time.Duration) ([]byte, error) {
+// whole milliseconds, and its comment. NEWSETELEM with both adds the
+// element with that much left, or, on Linux 6.12 and later, updates an
+// element that is already there in place: its timer restarts at the
+// expiration (its comment stays).
+func elementItem(key []byte, timeout, expires time.Duration, comment string) ([]byte, error) {
 	k, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: key}})
 	if err != nil {
 		return nil, err
@@ -168,7 +171,63 @@ func elementItem(key []byte, timeout, expires time.Duration) ([]byte, error) {
 	if expires > 0 {
 		attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_ELEM_EXPIRATION, Data: binaryutil.BigEndian.PutUint64(uint64(expires.Milliseconds()))})
 	}
+	if comment != "" {
+		attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_ELEM_USERDATA, Data: commentUserdata(comment)})
+	}
 	return netlink.MarshalAttributes(attrs)
+}
+
+// MaxComment is the longest element comment nft accepts (libnftnl's
+// NFTNL_UDATA_COMMENT_MAXLEN), in bytes.
+const MaxComment = 128
+
+// udataComment is the type of a set element's comment in its userdata
+// TLVs (libnftnl's NFTNL_UDATA_SET_ELEM_COMMENT).
+const udataComment = 0
+
+// commentUserdata is comment as an element's NFTA_SET_ELEM_USERDATA, as
+// nft writes it: one TLV (type, length, the text and its NUL), the text
+// cut to MaxComment bytes at a character boundary. nft's syntax has no
+// escapes: a double quote in a comment would make what `nft list ruleset`
+// prints unreadable to `nft -f`, so it is written as a single quote, and a
+// control character as a space.
+func commentUserdata(comment string) []byte {
+	if len(comment) > MaxComment {
+		cut := MaxComment
+		for cut > 0 && !utf8.RuneStart(comment[cut]) {
+			cut--
+		}
+		comment = comment[:cut]
+	}
+	b := make([]byte, 0, 2+len(comment)+1)
+	b = append(b, udataComment, byte(len(comment)+1))
+	for i := 0; i < len(comment); i++ {
+		switch c := comment[i]; {
+		case c == '"':
+			b = append(b, '\'')
+		case c < 0x20 || c == 0x7f:
+			b = append(b, ' ')
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, 0)
+}
+
+// commentOf reads the comment TLV of an element's userdata: "" when it has
+// none, or when the TLVs do not parse.
+func commentOf(udata []byte) string {
+	for len(udata) >= 2 {
+		typ, n := udata[0], int(udata[1])
+		if len(udata) < 2+n {
+			return ""
+		}
+		if typ == udataComment {
+			return strings.TrimRight(string(udata[2:2+n]), "\x00")
+		}
+		udata = udata[2+n:]
+	}
+	return ""
 }
 
 // setElemMessage is NFT_MSG_<typ>SETELEM (unix.NFT_MSG_NEWSETELEM, …) for

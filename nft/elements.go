@@ -19,6 +19,12 @@ type Element struct {
 	// Live tells Put that the element may be in the set already and its
 	// timer must restart (the legacy mode needs to know; see putLegacy).
 	Live bool
+	// Comment is the element's comment, as `nft add element … { a
+	// comment "…" }` sets it and `nft list set` shows it: who made a
+	// grant. Put cuts it to MaxComment bytes. A Put that only restarts a
+	// live element's timer (Linux 6.12 and later) leaves the comment the
+	// element has.
+	Comment string
 }
 
 // Element writes go in chunks, as cs-firewall-bouncer writes its
@@ -89,13 +95,13 @@ func (f *Firewall) putBatch(set string, els []Element) ([]netlink.Message, error
 			if expires == 0 && f.mode == grantUpdate {
 				expires = e.Timeout // restart a live element's timer
 			}
-			item, err := elementItem(e.Key, e.Timeout, expires)
+			item, err := elementItem(e.Key, e.Timeout, expires, e.Comment)
 			if err != nil {
 				return nil, err
 			}
 			adds[i] = item
 			if f.mode == grantDestroy {
-				if item, err = elementItem(e.Key, 0, 0); err != nil {
+				if item, err = elementItem(e.Key, 0, 0, ""); err != nil {
 					return nil, err
 				}
 				dels = append(dels, item)
@@ -128,7 +134,7 @@ func (f *Firewall) putBatch(set string, els []Element) ([]netlink.Message, error
 // again as {add}.
 func (f *Firewall) putLegacy(set string, els []Element) (refused []Element, first error, err error) {
 	for _, e := range els {
-		item, err := elementItem(e.Key, e.Timeout, e.Expires)
+		item, err := elementItem(e.Key, e.Timeout, e.Expires, e.Comment)
 		if err != nil {
 			return refused, first, err
 		}
@@ -138,7 +144,7 @@ func (f *Firewall) putLegacy(set string, els []Element) (refused []Element, firs
 		}
 		var serr error
 		if e.Live {
-			key, _ := elementItem(e.Key, 0, 0)
+			key, _ := elementItem(e.Key, 0, 0, "")
 			del, err := f.setElemMessage(unix.NFT_MSG_DELSETELEM, set, 0, [][]byte{key})
 			if err != nil {
 				return refused, first, err
@@ -172,7 +178,7 @@ func (f *Firewall) Delete(set string, keys [][]byte) error {
 		typ = unix.NFT_MSG_DELSETELEM
 	}
 	for _, k := range keys {
-		item, err := elementItem(k, 0, 0)
+		item, err := elementItem(k, 0, 0, "")
 		if err != nil {
 			return err
 		}

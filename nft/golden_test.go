@@ -125,7 +125,8 @@ func TestGoldenInstall(t *testing.T) {
 // NEWSETELEM with timeout and expiration both times; in the destroy mode
 // {DESTROYSETELEM, NEWSETELEM} both times; in the legacy mode {add}, then
 // {delete, add}. Then a restore of an element with 12.5 s left of its 30 s:
-// timeout and expiration in every mode.
+// timeout and expiration in every mode. The first grant and the restore
+// carry a comment (who made the grant): the element's userdata.
 func TestGoldenPut(t *testing.T) {
 	for _, mode := range []grantMode{grantUpdate, grantDestroy, grantLegacy} {
 		t.Run(mode.String(), func(t *testing.T) {
@@ -138,9 +139,9 @@ func TestGoldenPut(t *testing.T) {
 			f.mode = mode
 			key := mustAddr("192.0.2.1").AsSlice()
 			for _, e := range []Element{
-				{Key: key, Timeout: 30 * time.Second},
+				{Key: key, Timeout: 30 * time.Second, Comment: `"alice@laptop" SHA256:x`},
 				{Key: key, Timeout: 30 * time.Second, Live: true},
-				{Key: key, Timeout: 30 * time.Second, Expires: 12500 * time.Millisecond},
+				{Key: key, Timeout: 30 * time.Second, Expires: 12500 * time.Millisecond, Comment: "bob"},
 			} {
 				if _, first, err := f.Put("ssh_v4", []Element{e}); err != nil || first != nil {
 					t.Fatal(err, first)

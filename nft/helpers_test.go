@@ -19,6 +19,7 @@ type testDoor struct {
 	gate      plan.Door
 	knocks    []plan.Knock
 	datagram  *config.Port
+	size      uint16 // of the datagrams, if one size only
 	rotating  *plan.RotatingKnocks
 	maxGrants int
 }
@@ -59,6 +60,13 @@ func vpnDoor() testDoor {
 	return testDoor{gate: plan.Door{Name: "vpn", Open: []config.Port{udp(1194)}, MaxGrants: config.DefaultMaxGrants}, datagram: &p}
 }
 
+// teamDoor is a public-key SPA door on 62203/udp whose datagrams are 691
+// bytes, heard on eth0 only.
+func teamDoor() testDoor {
+	p := udp(62203)
+	return testDoor{gate: plan.Door{Name: "team", Open: []config.Port{tcp(22)}, MaxGrants: config.DefaultMaxGrants}, datagram: &p, size: 691}
+}
+
 func rotDoor() testDoor {
 	r := config.Port{Num: 20000, Last: 40000, Proto: config.TCP}
 	return testDoor{
@@ -76,7 +84,10 @@ func planOf(table string, doors ...testDoor) *plan.Plan {
 		for _, k := range d.knocks {
 			b.Knock(d.gate.Name, k)
 		}
-		if d.datagram != nil {
+		switch {
+		case d.datagram != nil && d.size != 0:
+			b.SizedDatagram(d.gate.Name, *d.datagram, d.size, plan.DoorMatch("eth0", config.TCPFlags{}, config.UDP))
+		case d.datagram != nil:
 			b.Datagram(d.gate.Name, *d.datagram, nil)
 		}
 		if d.rotating != nil {

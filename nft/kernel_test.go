@@ -3,6 +3,7 @@ package nft
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"strings"
 	"testing"
@@ -90,6 +91,7 @@ func TestKernelInstallLoadsLikeNft(t *testing.T) {
 		"default": defaultPlan("nftknock"),
 		"shared":  sharedPlan("nftknock"),
 		"doors":   planOf("nftknock", sshDoor(), vpnDoor(), rotDoor()),
+		"keyspa":  planOf("nftknock", teamDoor()),
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
@@ -710,4 +712,64 @@ func TestKernelLastingConnAfterFailedBatch(t *testing.T) {
 			t.Fatalf("after failed batch %d: sets %v, %v", i, sets, err)
 		}
 	}
+}
+
+// TestKernelGrantComment: an element's comment says who made the grant.
+// `nft list set` shows it as nft writes comments, the listing loads again
+// with `nft -f` (a double quote, which nft cannot escape, is written as a
+// single one), Read reads it back, as it reads one added by hand, and a
+// comment longer than nft allows is cut to MaxComment bytes.
+func TestKernelGrantComment(t *testing.T) {
+	t.Parallel()
+	ns := newNetns(t)
+	f := ns.open(t, "nftknock")
+	install(t, f, defaultPlan("nftknock"))
+	const by = `"alice@laptop" SHA256:d0QzrTXDc1blarwKNnyAEnUdu8bhPyYEiXiwGYkeEdY`
+	long := strings.Repeat("é", MaxComment) // two bytes each
+	for _, e := range []Element{
+		{Key: mustAddr("192.0.2.1").AsSlice(), Timeout: time.Minute, Comment: by},
+		{Key: mustAddr("192.0.2.2").AsSlice(), Timeout: time.Minute, Comment: long},
+	} {
+		if _, first, err := f.Put("ssh_v4", []Element{e}); err != nil || first != nil {
+			t.Fatal(err, first)
+		}
+	}
+	ns.nft(t, "add", "element", "inet", "nftknock", "ssh_v4", `{ 192.0.2.3 timeout 1m comment "by hand" }`)
+
+	listing := ns.nft(t, "list", "set", "inet", "nftknock", "ssh_v4")
+	if want := `192.0.2.1 timeout 1m expires`; !strings.Contains(listing, want) {
+		t.Errorf("listing lacks %q:\n%s", want, listing)
+	}
+	if want := `comment "'alice@laptop' SHA256:d0QzrTXDc1blarwKNnyAEnUdu8bhPyYEiXiwGYkeEdY"`; !strings.Contains(listing, want) {
+		t.Errorf("listing lacks %q:\n%s", want, listing)
+	}
+	newNetns(t).nftInput(t, ns.nft(t, "list", "table", "inet", "nftknock"))
+
+	els, err := f.Read("ssh_v4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, e := range els {
+		got[mustAddrFrom(t, e.Key).String()] = e.Comment
+	}
+	want := map[string]string{
+		"192.0.2.1": `'alice@laptop' SHA256:d0QzrTXDc1blarwKNnyAEnUdu8bhPyYEiXiwGYkeEdY`,
+		"192.0.2.2": strings.Repeat("é", MaxComment/2),
+		"192.0.2.3": "by hand",
+	}
+	for a, c := range want {
+		if got[a] != c {
+			t.Errorf("%s: comment %q, want %q", a, got[a], c)
+		}
+	}
+}
+
+func mustAddrFrom(t *testing.T, key []byte) netip.Addr {
+	t.Helper()
+	a, ok := netip.AddrFromSlice(key)
+	if !ok {
+		t.Fatalf("key %x is no address", key)
+	}
+	return a
 }

@@ -72,7 +72,7 @@ func (r *SetReader) Read(set string) ([]Element, error) {
 			// The kernel's dump skips expired elements; this guards
 			// against one that expires as it is dumped.
 			if e.Timeout == 0 || e.Expires > 0 {
-				out = append(out, Element{Key: e.Key, Timeout: e.Timeout, Expires: e.Expires})
+				out = append(out, Element{Key: e.Key, Timeout: e.Timeout, Expires: e.Expires, Comment: e.Comment})
 			}
 		}
 	}

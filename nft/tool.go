@@ -31,6 +31,9 @@ type Grant struct {
 	Addr netip.Addr
 	// Timeout is the element's whole timeout; Expires is the time left.
 	Timeout, Expires time.Duration
+	// Comment is the element's comment: who made the grant, when the
+	// daemon knew (the key of a public-key SPA knock).
+	Comment string
 }
 
 // Doors lists the doors the table holds sets for, read from the kernel, in
@@ -226,7 +229,7 @@ func (f *Firewall) Grants() ([]Grant, error) {
 			for _, e := range els {
 				addr, ok := AddrOf(e.Key, f.anyone[door])
 				if ok {
-					gs = append(gs, Grant{Door: door, Addr: addr, Timeout: e.Timeout, Expires: e.Expires})
+					gs = append(gs, Grant{Door: door, Addr: addr, Timeout: e.Timeout, Expires: e.Expires, Comment: e.Comment})
 				}
 			}
 		}

@@ -220,6 +220,8 @@ type ElementChange struct {
 	Deleted bool
 	// Timeout and Expires (the time left) of an added element.
 	Timeout, Expires time.Duration
+	// Comment is an added element's comment.
+	Comment string
 }
 
 // appendElementChanges adds the elements of a NEWSETELEM, DELSETELEM or
@@ -271,6 +273,8 @@ func appendElementChanges(out []ElementChange, m netlink.Message) []ElementChang
 				e.Timeout = time.Duration(el.Uint64()) * time.Millisecond
 			case unix.NFTA_SET_ELEM_EXPIRATION:
 				e.Expires = time.Duration(el.Uint64()) * time.Millisecond
+			case unix.NFTA_SET_ELEM_USERDATA:
+				e.Comment = commentOf(el.Bytes())
 			}
 		}
 		if el.Err() == nil && e.Key != nil {

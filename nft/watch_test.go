@@ -104,14 +104,14 @@ func TestKernelWatch(t *testing.T) {
 	if err := f.Revoke("ssh", mustAddr("192.0.2.1")); err != nil {
 		t.Fatal(err)
 	}
-	ns.nft(t, "add", "element", "inet", "nftknock", "ssh_v4", "{ 192.0.2.5 timeout 1m }")
+	ns.nft(t, "add", "element", "inet", "nftknock", "ssh_v4", `{ 192.0.2.5 timeout 1m comment "by hand" }`)
 	ch, elems := waitChanges(t, w, time.Second)
 	if ch != ChangedElements {
 		t.Errorf("after our changes and someone's element: %v, want elements only", ch)
 	}
 	if len(elems) != 1 || elems[0].Set != "ssh_v4" || string(elems[0].Key) != string(mustAddr("192.0.2.5").AsSlice()) ||
-		elems[0].Deleted || elems[0].Timeout != time.Minute || elems[0].Expires <= 55*time.Second {
-		t.Errorf("element changes %+v, want 192.0.2.5 added to ssh_v4 with a minute", elems)
+		elems[0].Deleted || elems[0].Timeout != time.Minute || elems[0].Expires <= 55*time.Second || elems[0].Comment != "by hand" {
+		t.Errorf("element changes %+v, want 192.0.2.5 added to ssh_v4 with a minute, comment \"by hand\"", elems)
 	}
 	ns.nft(t, "delete", "element", "inet", "nftknock", "ssh_v4", "{ 192.0.2.5 }")
 	if _, elems := waitChanges(t, w, time.Second); len(elems) != 1 || !elems[0].Deleted {

@@ -1,19 +1,24 @@
 package main
 
 import (
+	"crypto/ed25519"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/nftables"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/nftknock/nftknock/config"
 	"github.com/nftknock/nftknock/integration/nstest"
 	"github.com/nftknock/nftknock/knock/engine"
+	"github.com/nftknock/nftknock/knock/sshspa"
 	"github.com/nftknock/nftknock/nft"
 )
 
@@ -296,4 +301,99 @@ func installConfig(fw *nft.Firewall, cfg *config.Config) error {
 	}
 	_, err = fw.Install(p)
 	return err
+}
+
+// TestKernelStatusNamesKeys: status shows whose key made each grant (the
+// element's comment), and with -config the keys each public-key SPA door
+// trusts now, with their limits, and what its files hold that it skips.
+func TestKernelStatusNamesKeys(t *testing.T) {
+	t.Parallel()
+	k := newKernel(t)
+	dir := t.TempDir()
+	pemBytes, _, err := sshspa.GenerateServerKey("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := filepath.Join(dir, "server.key")
+	writeFile(t, server, string(pemBytes))
+	alice := sshKey(t, 1)
+	bob := sshKey(t, 2)
+	keys := filepath.Join(dir, "team.authorized_keys")
+	writeFile(t, keys, authorizedLine(alice, "", "alice@laptop")+authorizedLine(bob, `from="10.0.0.0/8",expiry-time="20300101Z"`, "bob@desk")+"ssh-dss AAAA old\n")
+	loose := filepath.Join(dir, "loose.authorized_keys")
+	writeFile(t, loose, authorizedLine(bob, "", "bob@elsewhere"))
+	if err := os.Chmod(loose, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(dir, "nftknock.toml")
+	writeFile(t, cfgFile, fmt.Sprintf("server_key_file = %q\n[[door]]\nname = \"team\"\nspa_port = \"62203:udp\"\nauthorized_keys = [%q, %q]\nopen = [\"22:tcp\"]\nopen_for = \"30s\"\n", server, keys, loose))
+	cfg, err := config.Load(cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw, err := nft.Open(cfg.Table, nftables.WithNetNSFd(k.ns.FD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.Close()
+	if err := installConfig(fw, cfg); err != nil {
+		t.Fatal(err)
+	}
+	aliceLabel := `'alice@laptop' ` + ssh.FingerprintSHA256(alice.PublicKey())
+	if _, first, err := fw.Put("team_v4", []nft.Element{{Key: netipMust("192.0.2.2").AsSlice(), Timeout: 30 * time.Second, Comment: aliceLabel}}); err != nil || first != nil {
+		t.Fatal(err, first)
+	}
+	if err := fw.Grant("team", netipMust("2001:db8::2"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out, errOut := k.run("status", "-config", cfgFile)
+	t.Logf("nftknock status -config %s:\n%s", cfgFile, out)
+	for _, want := range []string{
+		`(?m)^DOOR +ADDRESS +LEFT +TIMEOUT +BY$`,
+		`(?m)^team +192\.0\.2\.2 +\S+ +30s +` + regexp.QuoteMeta(aliceLabel) + `$`,
+		`(?m)^team +2001:db8::2 +\S+ +1m +-$`,
+		`(?m)^door team trusts 2 keys now:$`,
+		`(?m)^  ` + regexp.QuoteMeta(aliceLabel) + ` +ssh-ed25519 +` + regexp.QuoteMeta(keys) + `:1$`,
+		`(?m)^  'bob@desk' SHA256:\S+ +ssh-ed25519 +` + regexp.QuoteMeta(keys) + `:2 from="10\.0\.0\.0/8" expires 2030-01-01T00:00:00Z$`,
+		`(?m)^  skipped ` + regexp.QuoteMeta(keys) + `:3: key type ssh-dss is not supported \(ssh-ed25519, ecdsa-sha2-nistp256/384/521 and ssh-rsa are\)$`,
+		`(?m)^  skipped ` + regexp.QuoteMeta(loose) + `: writable by group or others \(mode 0666\).*Fix: chmod go-w \S+$`,
+	} {
+		if !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("status -config: no line matching %s in:\n%s%s", want, out, errOut)
+		}
+	}
+	if code != 0 {
+		t.Errorf("exit %d", code)
+	}
+	_, out, _ = k.run("status", "-json", "-config", cfgFile)
+	st := parseStatus(t, out)
+	if len(st.Grants) != 2 || st.Grants[0].By != aliceLabel || st.Grants[1].By != "" {
+		t.Errorf("grants %+v", st.Grants)
+	}
+	if len(st.Keys) != 2 || st.Keys[0].Key != aliceLabel || st.Keys[1].From != "10.0.0.0/8" || st.Keys[1].ExpiresAt != "2030-01-01T00:00:00Z" || len(st.Skipped) != 2 {
+		t.Errorf("keys %+v, skipped %+v", st.Keys, st.Skipped)
+	}
+	// Without -config: no keys, and [] rather than null.
+	_, out, _ = k.run("status", "-json")
+	if st := parseStatus(t, out); st.Keys == nil || len(st.Keys) != 0 || !strings.Contains(out, `"keys": []`) {
+		t.Errorf("status -json without -config: %s", out)
+	}
+}
+
+func sshKey(t *testing.T, seed byte) ssh.Signer {
+	t.Helper()
+	s, err := ssh.NewSignerFromKey(ed25519.NewKeyFromSeed(append(make([]byte, 31), seed)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func authorizedLine(s ssh.Signer, options, comment string) string {
+	l := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.PublicKey()))) + " " + comment + "\n"
+	if options != "" {
+		l = options + " " + l
+	}
+	return l
 }

@@ -237,6 +237,8 @@ type tableFlags struct {
 	fs     *flag.FlagSet
 	table  string
 	config string
+	// cfg is the configuration -config named, once name has read it.
+	cfg *config.Config
 }
 
 func addTableFlags(fs *flag.FlagSet) *tableFlags {
@@ -263,6 +265,7 @@ func (t *tableFlags) name() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	t.cfg = cfg
 	return cfg.Table, nil
 }
 

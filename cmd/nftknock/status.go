@@ -1,15 +1,20 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/knock/authkeys"
+	"github.com/nftknock/nftknock/knock/door"
 	"github.com/nftknock/nftknock/nft"
 )
 
@@ -18,9 +23,12 @@ var statusCmd = &command{
 	synopsis: "[-json] [-table NAME | -config FILE]",
 	summary:  "whether the daemon's table is installed, and every live grant",
 	help: `Reads the daemon's table from the kernel: whether it is installed, its
-doors, and every live grant in the doors' sets with the time it has left.
-Works whether nftknockd runs or not. Exits 3 when the table is not
-installed.
+doors, and every live grant in the doors' sets with the time it has left
+and, when the daemon knew, whose key made it (the element's comment).
+With -config it also reads the authorized_keys files of the public-key
+SPA doors, as the daemon does, and lists the keys each trusts now and
+what it skips. Works whether nftknockd runs or not. Exits 3 when the
+table is not installed.
 
 -json prints one object:
 
@@ -38,13 +46,33 @@ installed.
                                 is then 0.0.0.0 or ::
         "timeout_ms": 30000,    the grant's whole timeout; 0: none
         "left_ms": 29492,       time left; 0 when it has no timeout
-        "expires_at": "2025-01-02T15:04:05.123Z"   absent without timeout
+        "expires_at": "2025-01-02T15:04:05.123Z",  absent without timeout
+        "by": "'alice@laptop' SHA256:…"   who made it; absent if unknown
+      }
+    ],
+    "keys": [                   with -config: per public-key SPA door
+      {
+        "door": "team",
+        "key": "'alice@laptop' SHA256:…",   comment and fingerprint
+        "type": "ssh-ed25519",
+        "file": "/etc/nftknock/team.authorized_keys",
+        "line": 3,
+        "from": "10.0.0.0/8",   absent: from anywhere
+        "expires_at": "2026-01-01T00:00:00Z"   absent: never
+      }
+    ],
+    "skipped": [                with -config: what those files hold that
+      {                         is not trusted (a file, or one line)
+        "door": "team",
+        "file": "/home/bob/.ssh/authorized_keys",
+        "line": 0,              0: the whole file
+        "reason": "writable by group or others …"
       }
     ]
   }
 
-doors and grants are [] (never null) when empty. Fields may be added,
-never renamed or removed.`,
+doors, grants, keys and skipped are [] (never null) when empty. Fields
+may be added, never renamed or removed.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) int {
 		asJSON := fs.Bool("json", false, "print JSON (see above) instead of a table")
 		tf := addTableFlags(fs)
@@ -57,17 +85,19 @@ never renamed or removed.`,
 				return code
 			}
 			defer fw.Close()
-			return status(e, fw, *asJSON)
+			return status(e, fw, tf.cfg, *asJSON)
 		}
 	},
 }
 
 // statusJSON is the -json output; see statusCmd.help.
 type statusJSON struct {
-	Table     string      `json:"table"`
-	Installed bool        `json:"installed"`
-	Doors     []string    `json:"doors"`
-	Grants    []grantJSON `json:"grants"`
+	Table     string        `json:"table"`
+	Installed bool          `json:"installed"`
+	Doors     []string      `json:"doors"`
+	Grants    []grantJSON   `json:"grants"`
+	Keys      []keyJSON     `json:"keys"`
+	Skipped   []skippedJSON `json:"skipped"`
 }
 
 type grantJSON struct {
@@ -78,10 +108,28 @@ type grantJSON struct {
 	TimeoutMS int64  `json:"timeout_ms"`
 	LeftMS    int64  `json:"left_ms"`
 	ExpiresAt string `json:"expires_at,omitempty"`
+	By        string `json:"by,omitempty"`
 }
 
-func status(e *env, fw *nft.Firewall, asJSON bool) int {
-	out := statusJSON{Table: fw.Table(), Doors: []string{}, Grants: []grantJSON{}}
+type keyJSON struct {
+	Door      string `json:"door"`
+	Key       string `json:"key"`
+	Type      string `json:"type"`
+	File      string `json:"file"`
+	Line      int    `json:"line"`
+	From      string `json:"from,omitempty"`
+	ExpiresAt string `json:"expires_at,omitempty"`
+}
+
+type skippedJSON struct {
+	Door   string `json:"door"`
+	File   string `json:"file"`
+	Line   int    `json:"line"`
+	Reason string `json:"reason"`
+}
+
+func status(e *env, fw *nft.Firewall, cfg *config.Config, asJSON bool) int {
+	out := statusJSON{Table: fw.Table(), Doors: []string{}, Grants: []grantJSON{}, Keys: []keyJSON{}, Skipped: []skippedJSON{}}
 	doors, err := fw.Doors()
 	switch {
 	case errors.Is(err, nft.ErrNotInstalled):
@@ -111,7 +159,14 @@ func status(e *env, fw *nft.Firewall, asJSON bool) int {
 			j.LeftMS = g.Expires.Milliseconds()
 			j.ExpiresAt = now.Add(g.Expires).UTC().Format("2006-01-02T15:04:05.000Z07:00")
 		}
+		j.By = g.Comment
 		out.Grants = append(out.Grants, j)
+	}
+	if cfg != nil {
+		if err := trustedKeys(cfg, &out); err != nil {
+			fail(e, "status", err)
+			return exitFail
+		}
 	}
 
 	if asJSON {
@@ -123,6 +178,9 @@ func status(e *env, fw *nft.Firewall, asJSON bool) int {
 		}
 	} else {
 		printStatus(e.stdout, out, grants)
+		if cfg != nil {
+			printKeys(e.stdout, out, cfg)
+		}
 	}
 	if !out.Installed {
 		return exitNotInstalled
@@ -145,7 +203,12 @@ func printStatus(w io.Writer, s statusJSON, grants []nft.Grant) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "DOOR\tADDRESS\tLEFT\tTIMEOUT")
+	by := slices.ContainsFunc(grants, func(g nft.Grant) bool { return g.Comment != "" })
+	if by {
+		fmt.Fprintln(tw, "DOOR\tADDRESS\tLEFT\tTIMEOUT\tBY")
+	} else {
+		fmt.Fprintln(tw, "DOOR\tADDRESS\tLEFT\tTIMEOUT")
+	}
 	for i, g := range grants {
 		left, timeout := "-", "none"
 		if g.Timeout != 0 {
@@ -155,9 +218,85 @@ func printStatus(w io.Writer, s statusJSON, grants []nft.Grant) {
 		if s.Grants[i].Anyone {
 			addr = "anyone (" + map[bool]string{false: "IPv4", true: "IPv6"}[g.Addr.Is6()] + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", g.Door, addr, left, timeout)
+		if by {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", g.Door, addr, left, timeout, cmp.Or(g.Comment, "-"))
+		} else {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", g.Door, addr, left, timeout)
+		}
 	}
 	tw.Flush()
+}
+
+// trustedKeys adds to s the keys each public-key SPA door of cfg trusts
+// now, and what its authorized_keys files hold that it skips, read as the
+// daemon reads them.
+func trustedKeys(cfg *config.Config, s *statusJSON) error {
+	for _, d := range cfg.Doors {
+		k, ok := d.Kind.(*config.KeySPA)
+		if !ok {
+			continue
+		}
+		w, err := authkeys.NewWatcher(k.AuthorizedKeys, authkeys.Options{})
+		if err != nil {
+			return fmt.Errorf("%s: door %q: authorized_keys: %w", cfg.File, d.Name, err)
+		}
+		set := w.Set()
+		for _, key := range set.Keys() {
+			j := keyJSON{Door: d.Name, Key: door.KeyLabel(key), Type: key.PublicKey.Type(), File: key.File, Line: key.Line}
+			if key.From != nil {
+				j.From = key.From.String()
+			}
+			if !key.Expiry.IsZero() {
+				j.ExpiresAt = key.Expiry.UTC().Format(time.RFC3339)
+			}
+			s.Keys = append(s.Keys, j)
+		}
+		for _, p := range set.Problems() {
+			if !p.Kept {
+				s.Skipped = append(s.Skipped, skippedJSON{Door: d.Name, File: p.File, Line: p.Line, Reason: p.Reason})
+			}
+		}
+	}
+	return nil
+}
+
+// printKeys writes what trustedKeys found, door by door.
+func printKeys(w io.Writer, s statusJSON, cfg *config.Config) {
+	for _, d := range cfg.Doors {
+		if _, ok := d.Kind.(*config.KeySPA); !ok {
+			continue
+		}
+		var keys []keyJSON
+		for _, k := range s.Keys {
+			if k.Door == d.Name {
+				keys = append(keys, k)
+			}
+		}
+		fmt.Fprintf(w, "door %s trusts %d keys now:\n", d.Name, len(keys))
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		for _, k := range keys {
+			limits := ""
+			if k.From != "" {
+				limits += fmt.Sprintf(" from=%q", k.From)
+			}
+			if k.ExpiresAt != "" {
+				limits += " expires " + k.ExpiresAt
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s:%d%s\n", k.Key, k.Type, k.File, k.Line, limits)
+		}
+		tw.Flush()
+		for _, p := range s.Skipped {
+			if p.Door != d.Name {
+				continue
+			}
+			where := p.File
+			if p.Line > 0 {
+				where = fmt.Sprintf("%s:%d", p.File, p.Line)
+			}
+			reason := strings.TrimSuffix(strings.TrimSuffix(p.Reason, ": skipped, none of its keys is trusted"), ": skipped")
+			fmt.Fprintf(w, "  skipped %s: %s\n", where, reason)
+		}
+	}
 }
 
 // fmtLeft writes a time left as precisely as it is worth reading:

@@ -31,6 +31,10 @@ type SSH struct {
 	sessions   int // control sockets made so far, for their names
 }
 
+// Key is the client's private key file, the one root's authorized_keys
+// in the machine lists.
+func (s *SSH) Key() string { return s.key }
+
 // NewSSH makes a client key, authorizes it for root in the machine and
 // records the machine's host key. Call it before the first Boot.
 func NewSSH(tb testing.TB, m *Machine) *SSH {

@@ -17,6 +17,7 @@ import (
 	"github.com/nftknock/nftknock/knock/engine"
 	"github.com/nftknock/nftknock/knock/gate"
 	"github.com/nftknock/nftknock/knock/loglimit"
+	"github.com/nftknock/nftknock/knock/sshspa"
 	"github.com/nftknock/nftknock/nft"
 )
 
@@ -138,3 +139,7 @@ func Run(ctx context.Context, o Options) error {
 // kernel copies no more than a packet has, so a knock's SYN costs what it
 // is.
 const CopyRange = 60 + 8 + 1500
+
+// A public-key SPA datagram (knock/sshspa) arrives whole: this fails to
+// compile if the format outgrows the copy range.
+var _ [CopyRange - (60 + 8 + sshspa.Size)]struct{}

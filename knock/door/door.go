@@ -4,7 +4,7 @@
 // knock sequences (sequence.go: fixed, one-time, with a close sequence),
 // shared-key SPA (spa.go) and rotating sequences (rotating.go). A new kind
 // is a file here with its constructor in New, beside its KindSpec in
-// package config.
+// package config. Public-key SPA doors (keyspa.go) open for SSH keys.
 //
 // Doors run on the engine's goroutine (package engine), one at a time:
 // they need no locks. What they decide (grant, revoke, set ports) they ask
@@ -91,6 +91,22 @@ type Deps struct {
 	// Rejected counts a datagram an SPA door refused, by reason (nil: not
 	// counted).
 	Rejected func(SPAReason)
+	// Offload has job done off the engine goroutine, so that work of
+	// hundreds of microseconds a packet (a signature check) does not hold
+	// up the other doors: job.Work runs on the engine's worker, then
+	// job.Done back on the engine goroutine with d's Actions, if d still
+	// runs (after a reload replaced d, nothing more). It reports false,
+	// and runs nothing, when the worker's queue is full. Nil (engine.Check,
+	// tests): the door does the work itself.
+	Offload func(d Door, job Job) bool
+}
+
+// Job is work a door hands to the engine's worker (Deps.Offload).
+type Job interface {
+	// Work runs on the worker goroutine.
+	Work()
+	// Done runs on the engine goroutine after Work.
+	Done(now time.Time, a Actions)
 }
 
 // New makes the door of d, reading what its kind needs (keys, one-time
@@ -105,6 +121,8 @@ func New(file string, d *config.Door, deps Deps, prev Door) (Door, error) {
 		return newSequence(file, d, k, deps)
 	case *config.SPA:
 		return newSPA(file, d, k, deps)
+	case *config.KeySPA:
+		return newKeySPA(file, d, k, deps)
 	case *config.Rotating:
 		p, _ := prev.(*rotating)
 		return newRotating(file, d, k, deps, p)

@@ -35,6 +35,10 @@ func newRecorder() *recorder {
 }
 
 func (r *recorder) Open(addr, source netip.Addr, by string) {
+	if by != "" {
+		r.asked = append(r.asked, fmt.Sprintf("open %s by %s", addr, by))
+		return
+	}
 	r.asked = append(r.asked, fmt.Sprintf("open %s", addr))
 }
 func (r *recorder) Close(addr netip.Addr) { r.asked = append(r.asked, "close "+addr.String()) }

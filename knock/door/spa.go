@@ -109,21 +109,36 @@ const (
 	spaBeforeStart
 	spaBusy
 	spaRequestedRefused
+	// The public-key doors' own (keyspa.go).
+	spaNotSealed
+	spaUnknownKey
+	spaSignatureAlgorithm
+	spaBadSignature
+	spaFromRefused
+	spaKeyExpired
+	spaQueueFull
 	NumSPAReasons
 )
 
 var spaReasonText = [NumSPAReasons]string{
-	spaTruncated:        "truncated",
-	spaOversized:        "oversized",
-	spaNotSPA:           "not an SPA datagram (unknown format or version)",
-	spaNotAuthentic:     "not authentic (wrong key or changed byte)",
-	spaMalformed:        "malformed payload",
-	spaStale:            "stale (timestamp outside spa_max_age)",
-	spaWrongDoor:        "sealed for another door",
-	spaReplay:           "replay",
-	spaBeforeStart:      "sealed before the daemon started (a replay cannot be ruled out)",
-	spaBusy:             "replay cache full",
-	spaRequestedRefused: "requested address not allowed (spa_allow_requested = false)",
+	spaTruncated:          "truncated",
+	spaOversized:          "oversized",
+	spaNotSPA:             "not an SPA datagram (unknown format or version)",
+	spaNotAuthentic:       "not authentic (wrong key or changed byte)",
+	spaMalformed:          "malformed payload",
+	spaStale:              "stale (timestamp outside spa_max_age)",
+	spaWrongDoor:          "sealed for another door",
+	spaReplay:             "replay",
+	spaBeforeStart:        "sealed before the daemon started (a replay cannot be ruled out)",
+	spaBusy:               "replay cache full",
+	spaRequestedRefused:   "requested address not allowed (spa_allow_requested = false)",
+	spaNotSealed:          "not sealed to this server's key (another server's key, or a changed byte)",
+	spaUnknownKey:         "unknown key (no authorized_keys line of the door lists it)",
+	spaSignatureAlgorithm: "signature algorithm not accepted (SHA-1 ssh-rsa)",
+	spaBadSignature:       "bad signature",
+	spaFromRefused:        "from= refused (the key may not knock from this address)",
+	spaKeyExpired:         "expired key (past its expiry-time)",
+	spaQueueFull:          "verification queue full (a flood?)",
 }
 
 func (r SPAReason) String() string { return spaReasonText[r] }
@@ -131,7 +146,8 @@ func (r SPAReason) String() string { return spaReasonText[r] }
 // Key is the reason as a counter's name: spa_rejected_<key>.
 func (r SPAReason) Key() string {
 	return [NumSPAReasons]string{"truncated", "oversized", "not_spa", "not_authentic", "malformed", "stale",
-		"wrong_door", "replay", "before_start", "busy", "requested_refused"}[r]
+		"wrong_door", "replay", "before_start", "busy", "requested_refused",
+		"not_sealed", "unknown_key", "signature_algorithm", "bad_signature", "from_refused", "expired_key", "queue_full"}[r]
 }
 
 func reasonOf(err error) SPAReason {

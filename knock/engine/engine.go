@@ -14,6 +14,14 @@
 // door's NFLOG prefix carries a tag of its capture rules' version, so a
 // packet logged under an older version of a door is told apart and
 // dropped, never handled by another door or by the door's new rules.
+//
+// Work that costs a door hundreds of microseconds a packet (a public-key
+// SPA door's seal and signature checks) runs on one worker goroutine, not
+// on the engine's: the doors hand it jobs through a bounded queue
+// (door.Deps.Offload), the worker hands the results back through a list
+// the engine takes after each Read, waking the Read. A flood of datagrams
+// that need such work then costs at most the worker's core, never the
+// other doors their packets; the doors bound their own share of the queue.
 package engine
 
 import (
@@ -24,6 +32,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -84,6 +93,22 @@ type Engine struct {
 	// Counted as they happen, read by the status and the stop line.
 	parseErrors atomic.Uint64
 	spaRejects  [door.NumSPAReasons]atomic.Uint64
+
+	// jobs go to the worker (offload); finished come back from it, for
+	// the engine goroutine to take (takeFinished), which swaps in spare.
+	jobs       chan offloaded
+	finishedMu sync.Mutex
+	finished   []offloaded
+	spare      []offloaded
+}
+
+// offloadQueue bounds the jobs waiting for the worker, all doors together.
+const offloadQueue = 256
+
+// offloaded is a job of door d.
+type offloaded struct {
+	d   door.Door
+	job door.Job
 }
 
 // generation is one config's doors, their routing, their plan.
@@ -110,7 +135,8 @@ func Start(ctx context.Context, cfg *config.Config, o Options) (*Engine, error) 
 	if o.Lines == nil {
 		o.Lines = loglimit.New(o.Log)
 	}
-	e := &Engine{o: o, log: o.Log, replay: spa.NewReplay(spa.DefaultReplayCap, o.Now()), tags: map[string]uint32{}}
+	e := &Engine{o: o, log: o.Log, replay: spa.NewReplay(spa.DefaultReplayCap, o.Now()), tags: map[string]uint32{},
+		jobs: make(chan offloaded, offloadQueue)}
 	gen, err := e.build(cfg, nil, e.deps(ctx))
 	if err != nil {
 		return nil, err
@@ -151,10 +177,16 @@ func (e *Engine) Counts() []zap.Field {
 	return f
 }
 
-// Run reads and handles packets until ctx is done.
+// Run reads and handles packets until ctx is done. It runs the worker
+// for the doors' offloaded jobs, and waits for it before it returns.
 func (e *Engine) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, e.o.Source.Wake)
 	defer stop()
+	workCtx, stopWork := context.WithCancel(ctx)
+	var worker sync.WaitGroup
+	worker.Go(func() { e.work(workCtx) })
+	defer worker.Wait()
+	defer stopWork()
 	nextSecond := e.o.Now().Add(time.Second)
 	var nextPing time.Time
 	if e.o.Watchdog != nil {
@@ -186,6 +218,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		if e.reload.Swap(false) {
 			e.doReload(ctx)
 		}
+		e.takeFinished()
 		now = e.o.Now()
 		if !now.Before(deadline) || !now.Before(nextSecond) {
 			e.tick(ctx, now, !now.Before(nextSecond))
@@ -269,6 +302,58 @@ func (e *Engine) tick(ctx context.Context, now time.Time, second bool) {
 			zap.Int("forgotten", e.evicted), zap.Int("max_tracked", g.cfg.MaxTracked))
 		e.evicted = 0
 	}
+}
+
+// work runs offloaded jobs until ctx is done, handing each back when it
+// is done and waking the engine's Read to take it.
+func (e *Engine) work(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case j := <-e.jobs:
+			j.job.Work()
+			e.finishedMu.Lock()
+			e.finished = append(e.finished, j)
+			e.finishedMu.Unlock()
+			e.o.Source.Wake()
+		}
+	}
+}
+
+// offload queues job of door d for the worker (door.Deps.Offload). The
+// doors bound how many jobs they have out, so finished stays bounded too.
+func (e *Engine) offload(d door.Door, job door.Job) bool {
+	select {
+	case e.jobs <- offloaded{d, job}:
+		return true
+	default:
+		return false
+	}
+}
+
+// takeFinished hands the jobs the worker finished to their doors' Done,
+// on the engine goroutine, for the doors that still run.
+func (e *Engine) takeFinished() {
+	e.finishedMu.Lock()
+	done := e.finished
+	e.finished = e.spare[:0]
+	e.finishedMu.Unlock()
+	if len(done) == 0 {
+		e.spare = done
+		return
+	}
+	now := e.o.Now()
+	for _, j := range done {
+		for i, d := range e.gen.doors {
+			if d == j.d {
+				j.job.Done(now, e.actions(i))
+				break
+			}
+		}
+	}
+	clear(done)
+	e.spare = done[:0]
 }
 
 // actions are what door i asks for: made once per generation, so that
@@ -445,6 +530,7 @@ func (e *Engine) deps(ctx context.Context) door.Deps {
 			return e.o.Gate.ReadPorts(ctx, set)
 		},
 		Rejected: func(r door.SPAReason) { e.spaRejects[r].Add(1) },
+		Offload:  e.offload,
 	}
 }
 

@@ -13,22 +13,41 @@ import (
 	"github.com/nftknock/nftknock/integration/nstest"
 	"github.com/nftknock/nftknock/knock/engine"
 	"github.com/nftknock/nftknock/knock/spa"
+	"github.com/nftknock/nftknock/knock/sshspa"
 	"github.com/nftknock/nftknock/nft"
 )
 
 var updateGolden = os.Getenv("UPDATE_GOLDEN") == "1"
 
 // rulesetConfigs are the configs whose rulesets testdata/ pins: the
-// default one, two doors sharing an opened port and a knock, and a door of
-// each other kind (an SPA door, a rotating one).
+// default one, two doors sharing an opened port and a knock, a door of
+// each other kind (an SPA door, a rotating one), and a public-key SPA door.
 func rulesetConfigs(t *testing.T) map[string]string {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "door.key")
 	if err := os.WriteFile(key, []byte(spa.GenerateKey()), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	serverKey, _, err := sshspa.GenerateServerKey("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, keys := filepath.Join(dir, "server.key"), filepath.Join(dir, "team.authorized_keys")
+	for path, data := range map[string][]byte{server: serverKey, keys: nil} {
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ssh := string(config.DefaultTOML())
 	return map[string]string{
+		"ruleset_keyspa": `server_key_file = "` + server + `"
+[[door]]
+name = "team"
+spa_port = "62203:udp"
+authorized_keys = ["` + keys + `"]
+open = ["22:tcp"]
+open_for = "30s"
+`,
 		"ruleset": ssh,
 		"ruleset_shared": ssh + `
 [[door]]

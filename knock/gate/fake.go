@@ -40,6 +40,7 @@ type fakeElement struct {
 	key     []byte
 	timeout time.Duration
 	expires time.Time // zero: none
+	comment string
 }
 
 // NewFakeFirewall returns an empty fake table whose elements expire by
@@ -156,7 +157,12 @@ func (f *FakeFirewall) Put(set string, els []nft.Element) ([]nft.Element, error,
 			}
 			continue
 		}
-		fe := fakeElement{key: slices.Clone(e.Key), timeout: e.Timeout}
+		fe := fakeElement{key: slices.Clone(e.Key), timeout: e.Timeout, comment: e.Comment}
+		if old, there := s[string(e.Key)]; there {
+			// As Linux 6.12 and later: an update restarts the timer
+			// and keeps the comment.
+			fe.comment = old.comment
+		}
 		if e.Timeout > 0 {
 			left := e.Expires
 			if left == 0 {
@@ -231,7 +237,7 @@ func (f *FakeFirewall) Read(set string) ([]nft.Element, error) {
 	var out []nft.Element
 	for _, k := range slices.Sorted(maps.Keys(s)) {
 		e := s[k]
-		el := nft.Element{Key: e.key, Timeout: e.timeout}
+		el := nft.Element{Key: e.key, Timeout: e.timeout, Comment: e.comment}
 		if !e.expires.IsZero() {
 			el.Expires = e.expires.Sub(now)
 		}

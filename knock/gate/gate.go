@@ -487,10 +487,11 @@ func (g *Gate) restoreSet(set string) {
 	g.restore = append(g.restore, g.ledger.Cursor(door))
 }
 
-// grantOf is the ledger's grant for an element of door's set.
-func (g *Gate) grantOf(door string, key []byte, timeout, left time.Duration, now time.Time) ledger.Grant {
+// grantOf is the ledger's grant for an element of door's set; its comment
+// says who made it.
+func (g *Gate) grantOf(door string, key []byte, timeout, left time.Duration, by string, now time.Time) ledger.Grant {
 	addr, _ := nft.AddrOf(key, g.gates[door].Anyone)
-	gr := ledger.Grant{Door: door, Key: ledger.Key{Addr: addr}, Timeout: timeout}
+	gr := ledger.Grant{Door: door, Key: ledger.Key{Addr: addr}, Timeout: timeout, By: by}
 	if timeout != 0 {
 		gr.Expires = now.Add(left)
 	}
@@ -514,7 +515,7 @@ func (g *Gate) restoreChunk() {
 		if !g.restoreSets[set] {
 			continue // its set was kept
 		}
-		e := nft.Element{Key: key}
+		e := nft.Element{Key: key, Comment: gr.By}
 		if !gr.Expires.IsZero() {
 			left := gr.Expires.Sub(now).Truncate(time.Millisecond)
 			if left < time.Millisecond {
@@ -607,7 +608,7 @@ drain:
 	index := map[string][]int{}
 	for i, w := range writes {
 		set, key := g.gates[w.req.Door].GrantSet(w.key.Addr)
-		e := nft.Element{Key: key, Timeout: w.grant.Timeout, Live: w.result != ledger.Added}
+		e := nft.Element{Key: key, Timeout: w.grant.Timeout, Live: w.result != ledger.Added, Comment: w.grant.By}
 		if w.result == ledger.Kept {
 			// A knock never shortens a grant: the longer one is written
 			// back as it is (or put back, had it gone missing).
@@ -844,7 +845,7 @@ func (g *Gate) changes() {
 			g.forget(door, ledger.Key{Addr: addr})
 			continue
 		}
-		gr := g.grantOf(door, e.Key, e.Timeout, e.Expires, now)
+		gr := g.grantOf(door, e.Key, e.Timeout, e.Expires, e.Comment, now)
 		g.ledger.Record(gr)
 		g.noteChange(ledgerChange{grant: gr})
 	}
@@ -1013,7 +1014,7 @@ func (g *Gate) readEnded(res setsRead) {
 			continue
 		}
 		for _, e := range els {
-			g.ledger.Record(g.grantOf(door, e.Key, e.Timeout, e.Expires, now))
+			g.ledger.Record(g.grantOf(door, e.Key, e.Timeout, e.Expires, e.Comment, now))
 		}
 		n += len(els)
 	}

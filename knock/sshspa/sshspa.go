@@ -169,6 +169,8 @@ type Request struct {
 	// Key is the authorized_keys line that let it in: its comment and
 	// fingerprint name who knocked.
 	Key *authkeys.Key
+	// KeyHash is the fingerprint's bytes of the key the datagram names.
+	KeyHash [32]byte
 }
 
 // OpenFor is the address the request opens its door for, given the
@@ -309,6 +311,12 @@ func contains(list []string, s string) bool {
 // is the caller's next step (spa.Replay.CheckID with Request.ID and
 // Request.Time).
 //
+// With ErrUnknownKey, ErrSignatureAlgorithm and ErrBadSignature the
+// Request holds KeyHash alone: the key the datagram claims, which anyone
+// with the server's public key can claim. With ErrFromRefused and
+// ErrKeyExpired it holds Key too: the line that refused a key that did
+// sign.
+//
 // The datagram is hostile input: Open reads nothing outside it and does
 // not change it; see the package doc for the order of its checks.
 func Open(k *ServerKey, door string, keys *authkeys.Set, datagram []byte, src netip.Addr, now time.Time, maxAge time.Duration) (Request, error) {
@@ -365,35 +373,38 @@ func Open(k *ServerKey, door string, keys *authkeys.Set, datagram []byte, src ne
 	if string(fields[25:25+n]) != door {
 		return Request{}, ErrWrongDoor
 	}
-	lines := keys.Lookup([32]byte(fields[74:106]))
+	r.KeyHash = [32]byte(fields[74:106])
+	claimed := Request{KeyHash: r.KeyHash}
+	lines := keys.Lookup(r.KeyHash)
 	if len(lines) == 0 {
-		return Request{}, ErrUnknownKey
+		return claimed, ErrUnknownKey
 	}
 	var sig ssh.Signature
 	if err := ssh.Unmarshal(plain[108:108+sigLen], &sig); err != nil || len(sig.Rest) != 0 {
-		return Request{}, ErrBadSignature
+		return claimed, ErrBadSignature
 	}
 	pub := lines[0].PublicKey // every line under one hash holds the same key
 	if !contains(signatureFormats[pub.Type()], sig.Format) {
-		return Request{}, ErrSignatureAlgorithm
+		return claimed, ErrSignatureAlgorithm
 	}
 	if err := pub.Verify(signedData(k.public.x25519, header, fields), &sig); err != nil {
-		return Request{}, ErrBadSignature
+		return claimed, ErrBadSignature
 	}
 	// As sshd does with a key listed twice, any line may let it in.
-	reason := ErrFromRefused
+	reason, refusing := ErrFromRefused, lines[0]
 	for _, line := range lines {
 		switch {
 		case !line.PermitsAddr(src), r.Requested.IsValid() && r.Requested != src.Unmap() && !line.PermitsAddr(r.Requested):
 			continue
 		case line.Expired(now):
-			reason = ErrKeyExpired
+			reason, refusing = ErrKeyExpired, line
 			continue
 		}
 		r.Key = line
 		return r, nil
 	}
-	return Request{}, reason
+	claimed.Key = refusing
+	return claimed, reason
 }
 
 func allZero(b []byte) bool { return len(bytes.Trim(b, "\x00")) == 0 }

@@ -91,6 +91,22 @@ func MatchPort(p config.Port) []expr.Any {
 	return append(m, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(p.Num)})
 }
 
+// udpHeader is the size of a UDP header, which the UDP length counts.
+const udpHeader = 8
+
+// MatchPortAndLength is "udp dport 62203 udp length 699": the port and the
+// UDP length (header and payload), loaded together as nft loads two
+// adjacent fields: [ payload load 4b @ transport header + 2 => reg 1 ]
+// [ cmp eq reg 1 port length ]. p is a single port.
+func MatchPortAndLength(p config.Port, length uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(p.Proto)}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint32(uint32(p.Num)<<16 | uint32(length))},
+	}
+}
+
 // matchTCPFlags is "tcp flags syn / syn,ack" (flags & mask == want).
 func matchTCPFlags(f config.TCPFlags) []expr.Any {
 	return []expr.Any{

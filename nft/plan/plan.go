@@ -268,6 +268,8 @@ type doorPlan struct {
 type datagram struct {
 	port config.Port
 	when []expr.Any
+	// size, if not zero, is the only UDP payload size logged.
+	size uint16
 }
 
 type stepPlan struct {
@@ -324,7 +326,16 @@ func (b *Builder) RotatingKnocks(door string, r RotatingKnocks) {
 // drop them: nothing answers.
 func (b *Builder) Datagram(door string, port config.Port, when []expr.Any) {
 	d := b.door(door)
-	d.datagrams = append(d.datagrams, datagram{port, when})
+	d.datagrams = append(d.datagrams, datagram{port: port, when: when})
+}
+
+// SizedDatagram is Datagram for a format whose every datagram has size
+// bytes (a public-key SPA datagram): the kernel logs only those, "udp
+// dport 62203 udp length 699", and drops any other unseen, so that
+// nothing of another size costs the daemon anything.
+func (b *Builder) SizedDatagram(door string, port config.Port, size uint16, when []expr.Any) {
+	d := b.door(door)
+	d.datagrams = append(d.datagrams, datagram{port: port, when: when, size: size})
 }
 
 // Build lays the plan out.
@@ -557,9 +568,14 @@ func (b *Builder) capture(setID map[string]uint32) []Rule {
 					Comment: fmt.Sprintf("door %s: SPA port %s: a source sending over %d a second is not heard", d.Name, p, knockRate),
 				})
 			}
+			match, what := MatchPort(p), "door "+d.Name+": single-packet authorization"
+			if g.size != 0 {
+				match = MatchPortAndLength(p, udpHeader+g.size)
+				what += fmt.Sprintf(" (%d-byte datagrams only)", g.size)
+			}
 			rules = append(rules, Rule{
-				Exprs:   concat(MatchPort(p), g.when, b.log(d.Name)),
-				Comment: "door " + d.Name + ": single-packet authorization",
+				Exprs:   concat(match, g.when, b.log(d.Name)),
+				Comment: what,
 			}, Rule{
 				Exprs:   concat(MatchPort(p), counterVerdict(expr.VerdictDrop)),
 				Comment: "door " + d.Name + ": SPA port " + p.String() + ": filtered, nothing answers",

@@ -32,6 +32,7 @@ func TestBuildersGolden(t *testing.T) {
 	}{
 		{"tcp dport 22", MatchPort(tcp(22))},
 		{"udp dport 60000-61000", MatchPort(config.Port{Num: 60000, Last: 61000, Proto: config.UDP})},
+		{"udp dport 62203 udp length 699", MatchPortAndLength(config.Port{Num: 62203, Proto: config.UDP}, 699)},
 		{"icmp echo of 64 bytes (IPv4)", MatchStep(config.Port{Num: 64, Proto: config.ICMP}, false)},
 		{"icmpv6 echo of 64 bytes", MatchStep(config.Port{Num: 64, Proto: config.ICMP}, true)},
 		{`iifname "eth0" tcp flags syn / syn,ack`, DoorMatch("eth0", config.DefaultTCPFlags, config.TCP)},
