@@ -18,7 +18,7 @@ func TestReferenceConfig(t *testing.T) {
 	for _, d := range cfg.Doors {
 		kinds[d.Kind.KindName()] = true
 	}
-	for _, want := range []Kind{&Sequence{}, &SPA{}, &Rotating{}} {
+	for _, want := range []Kind{&Sequence{}, &SPA{}, &Fwknop{}, &Rotating{}} {
 		if !kinds[want.KindName()] {
 			t.Errorf("no door of kind %q in the reference configuration", want.KindName())
 		}

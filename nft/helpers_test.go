@@ -19,6 +19,7 @@ type testDoor struct {
 	gate      plan.Door
 	knocks    []plan.Knock
 	datagram  *config.Port
+	shared    bool // the datagram port is shared (SharedDatagram)
 	rotating  *plan.RotatingKnocks
 	maxGrants int
 }
@@ -59,6 +60,20 @@ func vpnDoor() testDoor {
 	return testDoor{gate: plan.Door{Name: "vpn", Open: []config.Port{udp(1194)}, MaxGrants: config.DefaultMaxGrants}, datagram: &p}
 }
 
+// fwDoor and fw2Door are fwknop doors: they grant per port and share
+// 62201/udp.
+func fwDoor() testDoor {
+	p := udp(62201)
+	return testDoor{gate: plan.Door{Name: "fw", Open: []config.Port{tcp(22), tcp(2222)}, MaxGrants: config.DefaultMaxGrants, PerPort: true},
+		datagram: &p, shared: true}
+}
+
+func fw2Door() testDoor {
+	p := udp(62201)
+	return testDoor{gate: plan.Door{Name: "fw_2", Open: []config.Port{udp(1194)}, MaxGrants: config.DefaultMaxGrants, PerPort: true},
+		datagram: &p, shared: true}
+}
+
 func rotDoor() testDoor {
 	r := config.Port{Num: 20000, Last: 40000, Proto: config.TCP}
 	return testDoor{
@@ -76,7 +91,10 @@ func planOf(table string, doors ...testDoor) *plan.Plan {
 		for _, k := range d.knocks {
 			b.Knock(d.gate.Name, k)
 		}
-		if d.datagram != nil {
+		switch {
+		case d.datagram != nil && d.shared:
+			b.SharedDatagram(d.gate.Name, *d.datagram, nil)
+		case d.datagram != nil:
 			b.Datagram(d.gate.Name, *d.datagram, nil)
 		}
 		if d.rotating != nil {

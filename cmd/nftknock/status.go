@@ -1,11 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -36,6 +38,9 @@ installed.
         "anyone": false,        true: an open_to = "anyone" door, open to
                                 every address of the family; the address
                                 is then 0.0.0.0 or ::
+        "port": "22:tcp",       the one port the grant opens, for a door
+                                that grants per port (an fwknop door);
+                                absent for a grant of all the door's ports
         "timeout_ms": 30000,    the grant's whole timeout; 0: none
         "left_ms": 29492,       time left; 0 when it has no timeout
         "expires_at": "2025-01-02T15:04:05.123Z"   absent without timeout
@@ -75,6 +80,7 @@ type grantJSON struct {
 	Address   string `json:"address"`
 	Family    string `json:"family"`
 	Anyone    bool   `json:"anyone"`
+	Port      string `json:"port,omitempty"`
 	TimeoutMS int64  `json:"timeout_ms"`
 	LeftMS    int64  `json:"left_ms"`
 	ExpiresAt string `json:"expires_at,omitempty"`
@@ -106,6 +112,9 @@ func status(e *env, fw *nft.Firewall, asJSON bool) int {
 			Anyone: fw.AnyoneDoor(g.Door), TimeoutMS: g.Timeout.Milliseconds()}
 		if g.Addr.Is6() {
 			j.Family = "ipv6"
+		}
+		if g.Port.Num != 0 {
+			j.Port = g.Port.String()
 		}
 		if g.Timeout != 0 {
 			j.LeftMS = g.Expires.Milliseconds()
@@ -144,8 +153,15 @@ func printStatus(w io.Writer, s statusJSON, grants []nft.Grant) {
 		fmt.Fprintln(w, "no live grants")
 		return
 	}
+	// A PORT column when some grant names its port (a door that grants
+	// per port); "all" for the others.
+	ports := slices.ContainsFunc(s.Grants, func(g grantJSON) bool { return g.Port != "" })
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "DOOR\tADDRESS\tLEFT\tTIMEOUT")
+	if ports {
+		fmt.Fprintln(tw, "DOOR\tADDRESS\tPORT\tLEFT\tTIMEOUT")
+	} else {
+		fmt.Fprintln(tw, "DOOR\tADDRESS\tLEFT\tTIMEOUT")
+	}
 	for i, g := range grants {
 		left, timeout := "-", "none"
 		if g.Timeout != 0 {
@@ -154,6 +170,11 @@ func printStatus(w io.Writer, s statusJSON, grants []nft.Grant) {
 		addr := g.Addr.String()
 		if s.Grants[i].Anyone {
 			addr = "anyone (" + map[bool]string{false: "IPv4", true: "IPv6"}[g.Addr.Is6()] + ")"
+		}
+		if ports {
+			port := cmp.Or(s.Grants[i].Port, "all")
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", g.Door, addr, port, left, timeout)
+			continue
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", g.Door, addr, left, timeout)
 	}

@@ -37,6 +37,9 @@ func newRecorder() *recorder {
 func (r *recorder) Open(addr, source netip.Addr, by string) {
 	r.asked = append(r.asked, fmt.Sprintf("open %s", addr))
 }
+func (r *recorder) OpenPorts(addr, source netip.Addr, by string, ports []config.Port, d time.Duration) {
+	r.asked = append(r.asked, fmt.Sprintf("open %s %v for %v", addr, ports, d))
+}
 func (r *recorder) Close(addr netip.Addr) { r.asked = append(r.asked, "close "+addr.String()) }
 func (r *recorder) Ports(set string, ports []uint16) {
 	r.ports[set] = ports
