@@ -10,11 +10,13 @@ PKGS    := ./config/... ./knock/... ./nft/... ./cmd/...
 # nmap and hping3: the scans, stray TCP flags and the flood benchmark.
 # openssh-client and openssh-server: public-key SPA doors (ssh-keygen,
 # ssh-agent, ssh, and an sshd the tests run in a namespace).
+# fwknop-client: the stock fwknop client, the real peer of the fwknop
+# doors' lab test (integration/fwknop_test.go).
 # debootstrap, systemd-container and openssh-client: the booted-systemd
 # test (integration/systemd_boot_test.go) debootstraps a Debian root, boots
 # it with systemd-nspawn and logs in to its sshd with ssh.
 DEB_DEPS := nftables knockd iproute2 socat iputils-ping systemd man-db nmap hping3 \
-	openssh-client openssh-server debootstrap systemd-container
+	openssh-client openssh-server debootstrap systemd-container fwknop-client
 # The neighbours the integration tests run next to the daemon, inside the
 # lab's namespaces (integration/neighbours): Debian's Docker, firewalld and
 # ufw, and busybox-static for the container's image. Installed without
