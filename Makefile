@@ -44,7 +44,7 @@ SYSCONFDIR ?= /etc
 # same as /usr/lib); other prefixes in $(PREFIX)/lib/systemd/system.
 UNITDIR    ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
 
-.PHONY: all build test unit integration vet deps bench bench-flood demo fuzz clean
+.PHONY: all build test unit integration vet deps bench bench-flood bench-fwknop demo fuzz clean
 
 all: build
 
@@ -106,6 +106,17 @@ bench-flood: deps $(BIN)/nftknockd
 	$(GO) run ./integration/flood -daemon $(BIN)/nftknockd || rc=1; \
 	$(GO) run ./integration/flood -daemon $(BIN)/nftknockd -max-tracked 1024 || rc=1; \
 	exit $$rc
+
+# nftknockd's fwknop door beside fwknopd 2.6.10 itself (root): SPA-to-open
+# latency, legitimate packets opened under a random-source UDP flood on
+# 62201, peak RSS; fwknopd with libpcap and its iptables backend, and with
+# its UDP server (integration/fwknopcmp). Not part of `make test`: it
+# installs fwknop-server and iptables (behind the policy-rc.d guard, so
+# that no fwknopd starts on this machine), which nothing else needs.
+FWKNOP_BENCH_DEPS := fwknop-client fwknop-server iptables hping3 util-linux
+bench-fwknop: deps $(BIN)/nftknockd $(BIN)/nftknock
+	@$(MAKE) --no-print-directory deps DEB_DEPS="$(FWKNOP_BENCH_DEPS)" NEIGHBOUR_DEPS=
+	$(GO) run ./integration/fwknopcmp -daemon $(BIN)/nftknockd -nftknock $(BIN)/nftknock
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseIP -fuzztime 60s ./knock/
