@@ -384,8 +384,9 @@ func TestFwknopFloodAllocatesNothing(t *testing.T) {
 		first.Packet(l.now, &knock.Logged{Payload: junk}, a)
 		first.Packet(l.now, &knock.Logged{Payload: unauth}, a)
 	}
-	if got := l.rejected(); len(got) != 2*loglimit.PerSecond {
-		t.Errorf("%d rejection lines, want %d (a budget a reason)", len(got), 2*loglimit.PerSecond)
+	if got := l.rejected(); len(got) != 2*loglimit.PerSecond || got[0] != "fw1,fw2: too short for an SPA packet" ||
+		got[1] != "fw1,fw2: HMAC mismatch (wrong HMAC key, or a changed byte)" {
+		t.Errorf("rejection lines %q: want %d, a budget a reason", got, 2*loglimit.PerSecond)
 	}
 	if raceEnabled {
 		t.Skip("allocation counts mean nothing under the race detector (sync.Pool drops items)")
