@@ -71,7 +71,7 @@ func keyFile(t *testing.T) (string, []byte) {
 	return path, raw
 }
 
-func testDeps(t *testing.T, now func() time.Time, portSet func(string) ([]uint16, bool, error)) (Deps, *observer.ObservedLogs) {
+func testDeps(t testing.TB, now func() time.Time, portSet func(string) ([]uint16, bool, error)) (Deps, *observer.ObservedLogs) {
 	core, logs := observer.New(zap.DebugLevel)
 	log := zap.New(core)
 	if portSet == nil {

@@ -138,9 +138,11 @@ func (f *fwknopDoor) Packet(now time.Time, lg *knock.Logged, a Actions) {
 		reason fwknopReason
 		req    fwknop.Request
 	}
+	var matchErr error // why no key (after the last one that matched) made it
 	for start := 0; start < len(f.keys); {
 		i, err := fwknop.Match(f.keys[start:], payload)
 		if err != nil {
+			matchErr = err
 			break
 		}
 		d := f.group[start+i]
@@ -165,9 +167,8 @@ func (f *fwknopDoor) Packet(now time.Time, lg *knock.Logged, a Actions) {
 		f.reject(first.door, p.Src, first.reason, &first.req)
 		return
 	}
-	// No key made it: Match says why (the packet's form, or the HMAC).
-	_, err = fwknop.Match(f.keys, payload)
-	f.reject(nil, p.Src, reasonOfFwknop(err), nil)
+	// No key made it: Match said why (the packet's form, or the HMAC).
+	f.reject(nil, p.Src, reasonOfFwknop(matchErr), nil)
 }
 
 // refuses says why the door does not open what req asks for src (ok

@@ -33,7 +33,7 @@ type golden struct {
 	received time.Time
 }
 
-func readGolden(t *testing.T, name string) golden {
+func readGolden(t testing.TB, name string) golden {
 	t.Helper()
 	f, err := os.Open(filepath.Join(goldenDir, name+".txt"))
 	if err != nil {
@@ -62,7 +62,7 @@ func readGolden(t *testing.T, name string) golden {
 
 // goldenKeyFiles writes the key pair name ("a" or "b") of keys.txt into
 // files, and returns their paths.
-func goldenKeyFiles(t *testing.T, name string) (enc, hmac string) {
+func goldenKeyFiles(t testing.TB, name string) (enc, hmac string) {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(goldenDir, "keys.txt"))
 	if err != nil {
@@ -94,7 +94,7 @@ func goldenKeyFiles(t *testing.T, name string) (enc, hmac string) {
 // fwknopLab is a generation of fwknop doors, each with its own recorder,
 // on a clock set just after the golden packets were made.
 type fwknopLab struct {
-	t     *testing.T
+	t     testing.TB
 	doors []*fwknopDoor
 	acts  map[Door]*recorder
 	logs  *observer.ObservedLogs
@@ -103,7 +103,7 @@ type fwknopLab struct {
 
 // fwknopDoors makes one door per spec: its key pair name and the rest of
 // its [[door]] table, all on 62201/udp unless the rest says otherwise.
-func fwknopDoors(t *testing.T, specs ...[2]string) *fwknopLab {
+func fwknopDoors(t testing.TB, specs ...[2]string) *fwknopLab {
 	t.Helper()
 	made := readGolden(t, "access").received
 	l := &fwknopLab{t: t, acts: map[Door]*recorder{}, now: made.Add(time.Second)}
@@ -400,5 +400,27 @@ func TestFwknopFloodAllocatesNothing(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("%.2f allocations per pair of flood packets, want 0", allocs)
+	}
+}
+
+// BenchmarkFwknopRefusal is what a flood costs an fwknop door, per packet
+// (the log lines of the second spent): junk to the port (hping3's empty
+// datagrams), and well-formed packets no key made, tried against two doors
+// that share the port.
+func BenchmarkFwknopRefusal(b *testing.B) {
+	l := fwknopDoors(b, [2]string{"a", `open = ["22:tcp"]`}, [2]string{"b", `open = ["1194:udp"]`})
+	const b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	forged := []byte(string(readGolden(b, "access").payload))
+	forged[50] = b64[strings.IndexByte(b64, forged[50])^1]
+	for name, payload := range map[string][]byte{"junk": nil, "unauthentic": forged} {
+		b.Run(name, func(b *testing.B) {
+			lg := &knock.Logged{Payload: knocktest.UDP(netip.MustParseAddr("10.9.8.7"), srv, 62201, payload)}
+			first := l.doors[0]
+			a := l.acts[first]
+			b.ReportAllocs()
+			for b.Loop() {
+				first.Packet(l.now, lg, a)
+			}
+		})
 	}
 }
