@@ -262,7 +262,16 @@ func (f *fwknopDoor) reject(by *fwknopDoor, src netip.Addr, r fwknopReason, req 
 	}
 	fields := []zap.Field{zap.String("door", door), zap.Stringer("source", src), zap.String("reason", fwknopReasonText[r])}
 	if req != nil && req.User != "" {
-		fields = append(fields, zap.String("user", req.User), zap.Stringers("requested", req.Access))
+		// What an authentic packet said of itself: its user; for one
+		// refused for its age, its time; for one refused for what it
+		// asks, what it asks.
+		fields = append(fields, zap.String("user", req.User))
+		if r == fwStale {
+			fields = append(fields, zap.Time("sent", req.Time))
+		}
+		if len(req.Access) > 0 {
+			fields = append(fields, zap.Stringers("requested", req.Access))
+		}
 		if req.Allow.IsValid() {
 			fields = append(fields, zap.Stringer("allow", req.Allow))
 		}

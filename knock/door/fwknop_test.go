@@ -253,6 +253,12 @@ func TestFwknopRefusals(t *testing.T) {
 			if got := l.rejected(); len(got) != 1 || got[0] != tc.want {
 				t.Errorf("rejections %q, want %q", got, tc.want)
 			}
+			// An authentic packet's line says whose it was.
+			lines := l.logs.FilterMessageSnippet("fwknop SPA packet rejected").All()
+			authentic := !strings.Contains(tc.want, "HMAC") && !strings.Contains(tc.want, "too short") && !strings.Contains(tc.want, "U2FsdGVkX1")
+			if user := lines[0].ContextMap()["user"]; authentic && user != "root" {
+				t.Errorf("user %v, want the packet's root", user)
+			}
 		})
 	}
 }
