@@ -67,6 +67,7 @@ var (
 	maxRSSMB    = flag.Float64("max-rss-mb", 32, "fail if nftknockd's peak RSS reaches this many MiB")
 	serverCPU   = flag.String("server-cpu", "1", "CPU list the server runs on (taskset -c); this program runs on CPU 0")
 	floodRunFor = flag.Duration("flood-max", 90*time.Second, "the flood is stopped after this, whatever happens")
+	floodData   = flag.Int("flood-data", 0, "bytes of payload in each flood packet (hping3 -d; 0: none, the issue's flood)")
 )
 
 func main() {
@@ -786,7 +787,11 @@ type flood struct {
 
 func startFlood(ctx context.Context, l *lab.Lab) (*flood, error) {
 	f := &flood{out: newLineCounter("\x00"), done: make(chan struct{})}
-	f.cmd = lab.Command(ctx, l.Client, "hping3", "--udp", "--flood", "--rand-source", "-p", "62201", lab.ServerV4.String())
+	args := []string{"hping3", "--udp", "--flood", "--rand-source", "-p", "62201"}
+	if *floodData > 0 {
+		args = append(args, "-d", strconv.Itoa(*floodData))
+	}
+	f.cmd = lab.Command(ctx, l.Client, append(args, lab.ServerV4.String())...)
 	f.cmd.Stdout, f.cmd.Stderr = f.out, f.out
 	f.cmd.Cancel = func() error { return f.cmd.Process.Signal(os.Interrupt) }
 	f.cmd.WaitDelay = 3 * time.Second
