@@ -154,3 +154,59 @@ open_for = "45s"
 		t.Error("the resent packet was not refused as a replay")
 	}
 }
+
+// TestFwknopSharedPortReload: a reload that puts the second door first
+// moves the port's log rule to its prefix; a packet logged under the old
+// first door's prefix before the reload is still the port's doors', and
+// both doors open for packets under the new one.
+func TestFwknopSharedPortReload(t *testing.T) {
+	_, made := goldenPacket(t, "access")
+	now := func() time.Time { return made.Add(-time.Second) }
+	encA, macA := goldenKeys(t, "a")
+	encB, macB := goldenKeys(t, "b")
+	door := func(name, enc, mac, open string) string {
+		return fmt.Sprintf("[[door]]\nname = %q\nfwknop_port = \"62201:udp\"\nfwknop_key_file = %q\nfwknop_hmac_key_file = %q\nopen = [%q]\nopen_for = \"30s\"\n",
+			name, enc, mac, open)
+	}
+	h := startAt(t, now, door("fw", encA, macA, "22:tcp")+door("fw_2", encB, macB, "1194:udp"))
+	h.write(door("fw_2", encB, macB, "1194:udp") + door("fw", encA, macA, "22:tcp"))
+	h.doReload()
+	var logs []string
+	for _, r := range h.fw.Plan().Chains[0].Rules {
+		for _, e := range r.Exprs {
+			if l, ok := e.(*expr.Log); ok {
+				logs = append(logs, string(l.Data))
+			}
+		}
+	}
+	if strings.Join(logs, ",") != "fw_2/1" {
+		t.Fatalf("after the reload the port logs under %q, want fw_2/1", logs)
+	}
+	src := netip.MustParseAddr("198.51.100.9")
+	access, _ := goldenPacket(t, "access")
+	other, _ := goldenPacket(t, "other_door")
+	h.src.Log("fw/1", knocktest.UDP(src, server, 62201, other)) // the old rule's prefix
+	h.src.Log("fw_2/1", knocktest.UDP(src, server, 62201, access))
+	for _, w := range []struct {
+		d     plan.Door
+		addr  string
+		proto config.Proto
+		port  uint16
+	}{{plan.Door{Name: "fw_2", PerPort: true}, "192.0.2.3", config.UDP, 1194}, {plan.Door{Name: "fw", PerPort: true}, "192.0.2.2", config.TCP, 22}} {
+		set, key := w.d.GrantSet(netip.MustParseAddr(w.addr), w.proto, w.port)
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			found := false
+			for _, e := range h.fw.Elements(set) {
+				found = found || string(e.Key) == string(key)
+			}
+			if found {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s holds no grant of %s %s/%d: %v", set, w.addr, w.proto, w.port, h.fw.Elements(set))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
