@@ -648,7 +648,7 @@ func (f *fwknopd) stop() error {
 }
 
 // lineCounter counts the lines written to it and keeps the last few; found
-// is closed when a line holds want.
+// is closed when a line holds want (never, for "").
 type lineCounter struct {
 	mu    sync.Mutex
 	n     int64
@@ -679,7 +679,7 @@ func (c *lineCounter) Write(p []byte) (int, error) {
 			c.last = c.last[1:]
 		}
 		c.last = append(c.last, line)
-		if strings.Contains(line, c.want) {
+		if c.want != "" && strings.Contains(line, c.want) {
 			c.once.Do(func() { close(c.found) })
 		}
 	}
@@ -786,7 +786,7 @@ type flood struct {
 }
 
 func startFlood(ctx context.Context, l *lab.Lab) (*flood, error) {
-	f := &flood{out: newLineCounter("\x00"), done: make(chan struct{})}
+	f := &flood{out: newLineCounter(""), done: make(chan struct{})}
 	args := []string{"hping3", "--udp", "--flood", "--rand-source", "-p", "62201"}
 	if *floodData > 0 {
 		args = append(args, "-d", strconv.Itoa(*floodData))
