@@ -10,11 +10,13 @@ PKGS    := ./config/... ./knock/... ./nft/... ./cmd/...
 # nmap and hping3: the scans, stray TCP flags and the flood benchmark.
 # openssh-client and openssh-server: public-key SPA doors (ssh-keygen,
 # ssh-agent, ssh, and an sshd the tests run in a namespace).
+# fwknop-client: the stock fwknop client, the real peer of the fwknop
+# doors' lab test (integration/fwknop_test.go).
 # debootstrap, systemd-container and openssh-client: the booted-systemd
 # test (integration/systemd_boot_test.go) debootstraps a Debian root, boots
 # it with systemd-nspawn and logs in to its sshd with ssh.
 DEB_DEPS := nftables knockd iproute2 socat iputils-ping systemd man-db nmap hping3 \
-	openssh-client openssh-server debootstrap systemd-container
+	openssh-client openssh-server debootstrap systemd-container fwknop-client
 # The neighbours the integration tests run next to the daemon, inside the
 # lab's namespaces (integration/neighbours): Debian's Docker, firewalld and
 # ufw, and busybox-static for the container's image. Installed without
@@ -42,7 +44,7 @@ SYSCONFDIR ?= /etc
 # same as /usr/lib); other prefixes in $(PREFIX)/lib/systemd/system.
 UNITDIR    ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
 
-.PHONY: all build test unit integration vet deps bench bench-flood demo fuzz clean
+.PHONY: all build test unit integration vet deps bench bench-flood bench-fwknop demo fuzz clean
 
 all: build
 
@@ -112,6 +114,17 @@ bench-flood: deps $(BIN)/nftknockd
 	done; \
 	$(GO) run ./integration/flood -daemon $(BIN)/nftknockd -max-rss-mb 128 -min-open 5 -max-tracked 1048576 -flood-for 10s || rc=1; \
 	exit $$rc
+
+# nftknockd's fwknop door beside fwknopd 2.6.10 itself (root): SPA-to-open
+# latency, legitimate packets opened under a random-source UDP flood on
+# 62201, peak RSS; fwknopd with libpcap and its iptables backend, and with
+# its UDP server (integration/fwknopcmp). Not part of `make test`: it
+# installs fwknop-server and iptables (behind the policy-rc.d guard, so
+# that no fwknopd starts on this machine), which nothing else needs.
+FWKNOP_BENCH_DEPS := fwknop-client fwknop-server iptables hping3 util-linux
+bench-fwknop: deps $(BIN)/nftknockd $(BIN)/nftknock
+	@$(MAKE) --no-print-directory deps DEB_DEPS="$(FWKNOP_BENCH_DEPS)" NEIGHBOUR_DEPS=
+	$(GO) run ./integration/fwknopcmp -daemon $(BIN)/nftknockd -nftknock $(BIN)/nftknock
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseIP -fuzztime 60s ./knock/

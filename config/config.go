@@ -12,7 +12,8 @@
 //
 // A door is of one kind: the common keys (name, open, open_for, …) plus the
 // keys of its kind, each kind in a file of its own (door_sequence.go,
-// door_spa.go, door_keyspa.go, door_rotating.go) and listed in Kinds.
+// door_spa.go, door_keyspa.go, door_fwknop.go,
+// door_rotating.go) and listed in Kinds.
 package config
 
 import (
@@ -89,7 +90,8 @@ type Config struct {
 type Door struct {
 	// Name is unique, [a-z0-9_]+; the door's sets are <Name>_v4 and <Name>_v6.
 	Name string
-	// Kind is what opens the door: *Sequence, *SPA, *KeySPA or *Rotating.
+	// Kind is what opens the door: *Sequence, *SPA, *KeySPA, *Fwknop or
+	// *Rotating.
 	Kind Kind
 	// Interface, if set, is the only input interface the door's knocks
 	// count on.
@@ -158,7 +160,7 @@ type KindSpec struct {
 
 // Kinds are the built-in door kinds, in the order their selectors are
 // tried; the knock door is also the kind of a door with no selector.
-var Kinds = []KindSpec{keySPAKind, spaKind, rotatingKind, sequenceKind}
+var Kinds = []KindSpec{keySPAKind, spaKind, fwknopKind, rotatingKind, sequenceKind}
 
 // commonKeys are the keys every door may have.
 var commonKeys = []string{"name", "interface", "open", "open_to", "open_for", "max_grants", "always_allow", "on_open", "on_close", "hook_timeout"}

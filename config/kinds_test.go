@@ -18,7 +18,7 @@ func TestReferenceConfig(t *testing.T) {
 	for _, d := range cfg.Doors {
 		kinds[d.Kind.KindName()] = true
 	}
-	for _, want := range []Kind{&Sequence{}, &SPA{}, &KeySPA{}, &Rotating{}} {
+	for _, want := range []Kind{&Sequence{}, &SPA{}, &KeySPA{}, &Fwknop{}, &Rotating{}} {
 		if !kinds[want.KindName()] {
 			t.Errorf("no door of kind %q in the reference configuration", want.KindName())
 		}

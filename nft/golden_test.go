@@ -3,6 +3,7 @@ package nft
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/nftknock/nftknock/config"
 	"github.com/nftknock/nftknock/nft/plan"
 )
 
@@ -93,6 +95,11 @@ func TestGoldenInstall(t *testing.T) {
 		{"shared", sharedPlan("nftknock"), nil},
 		{"doors", planOf("nftknock", sshDoor(), vpnDoor(), rotDoor()), func(f *Firewall) error {
 			return f.Replace("rot_first", [][]byte{{0x61, 0xa8}, {0x79, 0x18}})
+		}},
+		{"fwknop", planOf("nftknock", sshDoor(), fwDoor(), fw2Door()), func(f *Firewall) error {
+			set, key := fwDoor().gate.GrantSet(mustAddr("192.0.2.2"), config.TCP, 22)
+			_, first, err := f.Put(set, []Element{{Key: key, Timeout: 30 * time.Second}})
+			return errors.Join(first, err)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

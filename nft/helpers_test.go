@@ -20,6 +20,7 @@ type testDoor struct {
 	knocks    []plan.Knock
 	datagram  *config.Port
 	size      uint16 // of the datagrams, if one size only
+	shared    bool   // the datagram port is shared (SharedDatagram)
 	rotating  *plan.RotatingKnocks
 	maxGrants int
 }
@@ -67,6 +68,20 @@ func teamDoor() testDoor {
 	return testDoor{gate: plan.Door{Name: "team", Open: []config.Port{tcp(22)}, MaxGrants: config.DefaultMaxGrants}, datagram: &p, size: 691}
 }
 
+// fwDoor and fw2Door are fwknop doors: they grant per port and share
+// 62201/udp.
+func fwDoor() testDoor {
+	p := udp(62201)
+	return testDoor{gate: plan.Door{Name: "fw", Open: []config.Port{tcp(22), tcp(2222)}, MaxGrants: config.DefaultMaxGrants, PerPort: true},
+		datagram: &p, shared: true}
+}
+
+func fw2Door() testDoor {
+	p := udp(62201)
+	return testDoor{gate: plan.Door{Name: "fw_2", Open: []config.Port{udp(1194)}, MaxGrants: config.DefaultMaxGrants, PerPort: true},
+		datagram: &p, shared: true}
+}
+
 func rotDoor() testDoor {
 	r := config.Port{Num: 20000, Last: 40000, Proto: config.TCP}
 	return testDoor{
@@ -87,6 +102,8 @@ func planOf(table string, doors ...testDoor) *plan.Plan {
 		switch {
 		case d.datagram != nil && d.size != 0:
 			b.SizedDatagram(d.gate.Name, *d.datagram, d.size, plan.DoorMatch("eth0", config.TCPFlags{}, config.UDP))
+		case d.datagram != nil && d.shared:
+			b.SharedDatagram(d.gate.Name, *d.datagram, nil)
 		case d.datagram != nil:
 			b.Datagram(d.gate.Name, *d.datagram, nil)
 		}

@@ -170,8 +170,10 @@ func (f *Firewall) current(c *nftables.Conn) ([]*nftables.Chain, []*nftables.Set
 }
 
 // newSet is the kernel set of s. A grant set is "type ipv4_addr; size N;
-// flags timeout;" (or ipv6_addr, or nf_proto for an open_to = "anyone"
-// door), with no default timeout, as each grant carries its own.
+// flags timeout;" (or ipv6_addr, nf_proto for an open_to = "anyone" door,
+// "ipv4_addr . inet_proto . inet_service" for a door that grants per
+// port: a hash set, without the concatenation flag, as nft makes it),
+// with no default timeout, as each grant carries its own.
 func newSet(t *nftables.Table, s *plan.Set) *nftables.Set {
 	return &nftables.Set{
 		Table:      t,

@@ -92,6 +92,7 @@ func TestKernelInstallLoadsLikeNft(t *testing.T) {
 		"shared":  sharedPlan("nftknock"),
 		"doors":   planOf("nftknock", sshDoor(), vpnDoor(), rotDoor()),
 		"keyspa":  planOf("nftknock", teamDoor()),
+		"fwknop":  planOf("nftknock", sshDoor(), fwDoor(), fw2Door()),
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
@@ -105,6 +106,63 @@ func TestKernelInstallLoadsLikeNft(t *testing.T) {
 				t.Fatalf("bytecode differs from what nft loads for its own listing:\n%s", firstDiff(want, got))
 			}
 		})
+	}
+}
+
+// TestKernelPerPortGrant: a door that grants per port holds address .
+// protocol . port elements, which `nft list` shows as nft's own, which
+// let that port alone through, and which Grants reads back with the port.
+func TestKernelPerPortGrant(t *testing.T) {
+	t.Parallel()
+	ns := newNetns(t)
+	f := ns.open(t, "nftknock")
+	install(t, f, planOf("nftknock", fwDoor(), fw2Door()))
+	for _, g := range []struct {
+		door, addr string
+		port       config.Port
+	}{{"fw", "192.0.2.2", tcp(22)}, {"fw", "192.0.2.2", tcp(2222)}, {"fw", "2001:db8::2", tcp(22)}, {"fw_2", "192.0.2.3", udp(1194)}} {
+		if err := f.GrantPort(g.door, mustAddr(g.addr), g.port, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	listing := stripExpires(ns.nft(t, "list", "table", "inet", "nftknock"))
+	for _, want := range []string{
+		"type ipv4_addr . inet_proto . inet_service",
+		"elements = { 192.0.2.2 . tcp . 22 timeout 30s,\n\t\t\t     192.0.2.2 . tcp . 2222 timeout 30s }",
+		"elements = { 2001:db8::2 . tcp . 22 timeout 30s }",
+		"elements = { 192.0.2.3 . udp . 1194 timeout 30s }",
+		"ip saddr . meta l4proto . th dport @fw_v4 counter packets 0 bytes 0 accept",
+		"ip6 saddr . meta l4proto . th dport @fw_v6 counter packets 0 bytes 0 accept",
+	} {
+		if !strings.Contains(listing, want) {
+			t.Errorf("nft list lacks %q:\n%s", want, listing)
+		}
+	}
+	// nft loads that listing back, elements and all.
+	newNetns(t).nftInput(t, listing)
+
+	gs, err := f.Grants()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, g := range gs {
+		got = append(got, fmt.Sprintf("%s %s %s", g.Door, g.Addr, g.Port))
+	}
+	if want := "fw 192.0.2.2 22:tcp|fw 192.0.2.2 2222:tcp|fw 2001:db8::2 22:tcp|fw_2 192.0.2.3 1194:udp"; strings.Join(got, "|") != want {
+		t.Errorf("Grants() = %q, want %q", got, want)
+	}
+	if !f.PerPortDoor("fw") || f.PerPortDoor("nope") {
+		t.Error("PerPortDoor does not tell the per-port door")
+	}
+	if err := f.Grant("fw", mustAddr("192.0.2.9"), time.Minute); err == nil || !strings.Contains(err.Error(), "grants per port") {
+		t.Errorf("a grant of a per-port door without a port: %v", err)
+	}
+	if err := f.RevokePort("fw", mustAddr("192.0.2.2"), tcp(22)); err != nil {
+		t.Fatal(err)
+	}
+	if l := ns.nft(t, "list", "set", "inet", "nftknock", "fw_v4"); strings.Contains(l, ". 22 ") || !strings.Contains(l, "192.0.2.2 . tcp . 2222") {
+		t.Errorf("RevokePort took the wrong element:\n%s", l)
 	}
 }
 

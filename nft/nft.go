@@ -21,6 +21,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nftknock/nftknock/nft/plan"
 )
 
 // socketBuffer is the receive and send buffer size asked for on the netlink
@@ -68,9 +70,10 @@ type Firewall struct {
 	// stats counts the batches sent and those the kernel refused.
 	stats Stats
 
-	// anyone are the open_to = "anyone" doors the kernel holds sets for,
-	// as the tool's last look at the table found them (tool.go).
-	anyone map[string]bool
+	// shapes are the doors the kernel holds sets for, as the tool's last
+	// look at the table found them (tool.go): which are open_to =
+	// "anyone", which grant per port.
+	shapes map[string]plan.Door
 
 	// now is the clock of element expiries; tests replace it.
 	now func() time.Time
@@ -146,7 +149,7 @@ func Open(table string, opts ...nftables.ConnOption) (*Firewall, error) {
 		opts:   slices.Clone(opts),
 		now:    time.Now,
 		mode:   grantModeFor(kernelRelease()),
-		anyone: map[string]bool{},
+		shapes: map[string]plan.Door{},
 	}
 	// Dial now so a missing netlink (or a bad namespace fd) shows at start.
 	if _, err := f.c(); err != nil {

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -9,8 +10,8 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"golang.org/x/sys/unix"
 
+	"github.com/nftknock/nftknock/config"
 	"github.com/nftknock/nftknock/nft/plan"
 )
 
@@ -29,6 +30,10 @@ type Grant struct {
 	// Addr is the address let in; for an open_to = "anyone" door, the
 	// unspecified address of the family the element opens.
 	Addr netip.Addr
+	// Port is the one port the grant opens, for a door that grants per
+	// port (an fwknop door); the zero Port for a grant of all the door's
+	// opened ports.
+	Port config.Port
 	// Timeout is the element's whole timeout; Expires is the time left.
 	Timeout, Expires time.Duration
 	// Comment is the element's comment: who made the grant, when the
@@ -40,10 +45,11 @@ type Grant struct {
 // the order their sets were created (config order, for a table the daemon
 // installed). A door that lets sources in is listed when the table has both
 // of its sets, <door>_v4 and <door>_v6, in the shape Install gives them
-// (addresses of the right family, timeout flag, a plain set); an open_to =
-// "anyone" door when it has <door>_anyone (nf_proto, timeout flag). Sets of
-// other names or shapes are not doors. The error wraps ErrNotInstalled when
-// the table does not exist.
+// (addresses of the right family, or for a door that grants per port
+// `ipv4_addr . inet_proto . inet_service` and its IPv6 twin; timeout flag,
+// a plain set); an open_to = "anyone" door when it has <door>_anyone
+// (nf_proto, timeout flag). Sets of other names or shapes are not doors.
+// The error wraps ErrNotInstalled when the table does not exist.
 func (f *Firewall) Doors() ([]string, error) {
 	sets, ok, err := f.tableSets()
 	if err != nil {
@@ -52,8 +58,8 @@ func (f *Firewall) Doors() ([]string, error) {
 	if !ok {
 		return nil, fmt.Errorf("table inet %s: %w", f.table.Name, ErrNotInstalled)
 	}
-	doors, anyone := doorsOf(sets)
-	f.anyone = anyone
+	doors, shapes := doorsOf(sets)
+	f.shapes = shapes
 	return doors, nil
 }
 
@@ -90,34 +96,51 @@ func (f *Firewall) SetNames() ([]string, error) {
 // AnyoneDoor tells whether door is an open_to = "anyone" door, as the last
 // Doors found it: its grants open the door to every address of a family,
 // and stand as the family's unspecified address (0.0.0.0, ::).
-func (f *Firewall) AnyoneDoor(door string) bool { return f.anyone[door] }
+func (f *Firewall) AnyoneDoor(door string) bool { return f.shapes[door].Anyone }
 
-// doorsOf picks the doors out of a table's sets.
-func doorsOf(sets []*nftables.Set) (doors []string, anyone map[string]bool) {
+// PerPortDoor tells whether door grants per port (an fwknop door), as the
+// last Doors found it: each grant opens one port, which it names.
+func (f *Firewall) PerPortDoor(door string) bool { return f.shapes[door].PerPort }
+
+// doorsOf picks the doors out of a table's sets, with what their sets'
+// shape tells of them.
+func doorsOf(sets []*nftables.Set) (doors []string, shapes map[string]plan.Door) {
+	// shaped: the grant sets of a door, by name; true for a per-port one.
 	shaped := map[string]bool{}
 	for _, s := range sets {
 		door, v6, ok := parseSetName(s.Name)
-		want := pick(v6, nftables.TypeIP6Addr, nftables.TypeIPAddr)
-		if ok && !s.Dynamic && s.HasTimeout && !s.IsMap && !s.Interval && !s.Concatenation &&
-			s.KeyType.GetNFTMagic() == want.GetNFTMagic() {
+		if !ok || s.Dynamic || !s.HasTimeout || s.IsMap || s.Interval || s.Concatenation {
+			continue
+		}
+		addrKey, portKey := pick(v6, nftables.TypeIP6Addr, nftables.TypeIPAddr), plan.PortKey(v6)
+		switch s.KeyType.GetNFTMagic() {
+		case addrKey.GetNFTMagic():
+			shaped[plan.SetName(door, v6)] = false
+		case portKey.GetNFTMagic():
 			shaped[plan.SetName(door, v6)] = true
 		}
 	}
-	anyone = map[string]bool{}
+	shapes = map[string]plan.Door{}
 	for _, s := range sets {
 		if door, ok := strings.CutSuffix(s.Name, "_anyone"); ok && door != "" &&
 			s.KeyType.GetNFTMagic() == nftables.TypeNFProto.GetNFTMagic() && s.HasTimeout && !s.Dynamic && !s.Interval && !s.IsMap {
 			doors = append(doors, door)
-			anyone[door] = true
+			shapes[door] = plan.Door{Name: door, Anyone: true}
 			continue
 		}
 		door, v6, ok := parseSetName(s.Name)
-		if !ok || v6 || !shaped[s.Name] || !shaped[plan.SetName(door, true)] {
+		if !ok || v6 {
+			continue
+		}
+		perPort, ok4 := shaped[s.Name]
+		perPort6, ok6 := shaped[plan.SetName(door, true)]
+		if !ok4 || !ok6 || perPort != perPort6 {
 			continue
 		}
 		doors = append(doors, door)
+		shapes[door] = plan.Door{Name: door, PerPort: perPort}
 	}
-	return doors, anyone
+	return doors, shapes
 }
 
 func pick[T any](b bool, yes, no T) T {
@@ -151,21 +174,41 @@ func (f *Firewall) gate(door string) (*plan.Door, error) {
 		}
 		return nil, fmt.Errorf("door %q has no sets in table inet %s; doors that do: %s", door, f.table.Name, strings.Join(doors, ", "))
 	}
-	return &plan.Door{Name: door, Anyone: f.anyone[door]}, nil
+	g := f.shapes[door]
+	return &g, nil
 }
 
 // Grant lets addr through door's opened ports for d, counted from now, as
 // the daemon's own grants do: one batch that adds the element or restarts
 // its timer.
 func (f *Firewall) Grant(door string, addr netip.Addr, d time.Duration) error {
+	return f.GrantPort(door, addr, config.Port{}, d)
+}
+
+// GrantPort is Grant for a door that grants per port: port alone opens
+// to addr (Grant is GrantPort with the zero port, for other doors).
+func (f *Firewall) GrantPort(door string, addr netip.Addr, port config.Port, d time.Duration) error {
 	addr = addr.Unmap().WithZone("")
-	if err := f.grantTool(door, addr, d); err != nil {
+	if err := f.grantTool(door, addr, port, d); err != nil {
 		return fmt.Errorf("grant %s to %s: %w", door, addr, err)
 	}
 	return nil
 }
 
-func (f *Firewall) grantTool(door string, addr netip.Addr, d time.Duration) error {
+// portFits refuses a port that the door's kind of grant cannot hold.
+func portFits(g *plan.Door, port config.Port) error {
+	switch {
+	case g.PerPort && port.Num == 0:
+		return fmt.Errorf("door %s grants per port (its sets hold address . protocol . port): name the port", g.Name)
+	case g.PerPort && (port.Last > port.Num || (port.Proto != config.TCP && port.Proto != config.UDP)):
+		return fmt.Errorf("door %s grants one tcp or udp port at a time, not %s", g.Name, port)
+	case !g.PerPort && port.Num != 0:
+		return fmt.Errorf("door %s grants all its opened ports at once: a port cannot be named", g.Name)
+	}
+	return nil
+}
+
+func (f *Firewall) grantTool(door string, addr netip.Addr, port config.Port, d time.Duration) error {
 	if !addr.IsValid() {
 		return errors.New("invalid address")
 	}
@@ -178,7 +221,10 @@ func (f *Firewall) grantTool(door string, addr netip.Addr, d time.Duration) erro
 	if err != nil {
 		return err
 	}
-	set, key := g.GrantSet(addr)
+	if err := portFits(g, port); err != nil {
+		return err
+	}
+	set, key := g.GrantSet(addr, port.Proto, port.Num)
 	// Live: the kernel may hold it; the tool keeps no record to say.
 	_, first, err := f.Put(set, []Element{{Key: key, Timeout: d, Live: true}})
 	if err == nil {
@@ -190,15 +236,24 @@ func (f *Firewall) grantTool(door string, addr netip.Addr, d time.Duration) erro
 // Revoke removes addr from door's set at once. An element that is already
 // gone (never granted, expired, revoked) is not an error.
 func (f *Firewall) Revoke(door string, addr netip.Addr) error {
+	return f.RevokePort(door, addr, config.Port{})
+}
+
+// RevokePort is Revoke for a door that grants per port: addr's grant of
+// port alone ends.
+func (f *Firewall) RevokePort(door string, addr netip.Addr, port config.Port) error {
 	addr = addr.Unmap().WithZone("")
 	if !addr.IsValid() {
 		return fmt.Errorf("revoke %s: invalid address", door)
 	}
 	g, err := f.gate(door)
+	if err == nil {
+		err = portFits(g, port)
+	}
 	if err != nil {
 		return fmt.Errorf("revoke %s from %s: %w", door, addr, err)
 	}
-	set, key := g.GrantSet(addr)
+	set, key := g.GrantSet(addr, port.Proto, port.Num)
 	if err := f.Delete(set, [][]byte{key}); err != nil {
 		return fmt.Errorf("revoke %s from %s: %w", door, addr, err)
 	}
@@ -206,9 +261,9 @@ func (f *Firewall) Revoke(door string, addr netip.Addr) error {
 }
 
 // Grants reads every live element of every door's sets from the kernel,
-// by door in the order Doors gives, then IPv4 before IPv6, then address.
-// A grant of an open_to = "anyone" door has the unspecified address of
-// its family.
+// by door in the order Doors gives, then IPv4 before IPv6, then address,
+// then port. A grant of an open_to = "anyone" door has the unspecified
+// address of its family; one of a door that grants per port, its port.
 func (f *Firewall) Grants() ([]Grant, error) {
 	doors, err := f.Doors()
 	if err != nil {
@@ -216,8 +271,9 @@ func (f *Firewall) Grants() ([]Grant, error) {
 	}
 	var grants []Grant
 	for _, door := range doors {
+		shape := f.shapes[door]
 		sets := []string{plan.SetName(door, false), plan.SetName(door, true)}
-		if f.anyone[door] {
+		if shape.Anyone {
 			sets = []string{plan.AnyoneSetName(door)}
 		}
 		var gs []Grant
@@ -227,29 +283,23 @@ func (f *Firewall) Grants() ([]Grant, error) {
 				return nil, fmt.Errorf("list grants of door %s: %w", door, err)
 			}
 			for _, e := range els {
-				addr, ok := AddrOf(e.Key, f.anyone[door])
+				addr, proto, port, ok := shape.Grantee(e.Key)
 				if ok {
-					gs = append(gs, Grant{Door: door, Addr: addr, Timeout: e.Timeout, Expires: e.Expires, Comment: e.Comment})
+					g := Grant{Door: door, Addr: addr, Timeout: e.Timeout, Expires: e.Expires, Comment: e.Comment}
+					if shape.PerPort {
+						g.Port = config.Port{Num: port, Proto: proto}
+					}
+					gs = append(gs, g)
 				}
 			}
 		}
-		slices.SortFunc(gs, func(a, b Grant) int { return a.Addr.Compare(b.Addr) })
+		slices.SortFunc(gs, func(a, b Grant) int {
+			if c := a.Addr.Compare(b.Addr); c != 0 {
+				return c
+			}
+			return cmp.Or(cmp.Compare(a.Port.Proto, b.Port.Proto), cmp.Compare(a.Port.Num, b.Port.Num))
+		})
 		grants = append(grants, gs...)
 	}
 	return grants, nil
-}
-
-// AddrOf undoes plan.Door.GrantSet: the address a grant set's element key
-// stands for.
-func AddrOf(key []byte, anyone bool) (netip.Addr, bool) {
-	if !anyone {
-		return netip.AddrFromSlice(key)
-	}
-	switch {
-	case len(key) == 1 && key[0] == unix.NFPROTO_IPV4:
-		return netip.IPv4Unspecified(), true
-	case len(key) == 1 && key[0] == unix.NFPROTO_IPV6:
-		return netip.IPv6Unspecified(), true
-	}
-	return netip.Addr{}, false
 }

@@ -5,8 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
+	"github.com/nftknock/nftknock/config"
 	"github.com/nftknock/nftknock/nft"
 )
 
@@ -15,7 +17,7 @@ const maxGrant = 30 * 24 * time.Hour
 
 var grantCmd = &command{
 	name:     "grant",
-	synopsis: "-door DOOR -for DURATION [-table NAME | -config FILE] ADDRESS",
+	synopsis: "-door DOOR -for DURATION [-port PORT] [-table NAME | -config FILE] ADDRESS",
 	summary:  "let an address through a door for a while, without a knock (break-glass)",
 	help: `Adds ADDRESS (IPv4 or IPv6) to the door's set with a timeout of DURATION,
 exactly as a knock would with open_for = DURATION; if the address already
@@ -24,13 +26,20 @@ open_to = "anyone" door, ADDRESS is 0.0.0.0 (every IPv4 address) or ::
 (every IPv6 address). Works
 whether nftknockd runs or not; a running daemon learns of the grant, keeps
 it if the table is flushed, and a knock from the address never shortens it.
-DURATION is a Go duration ("90s", "1h30m"), 1ms to 720h, whole milliseconds.`,
+DURATION is a Go duration ("90s", "1h30m"), 1ms to 720h, whole milliseconds.
+A door that grants per port (an fwknop door) opens one port a grant: name
+it with -port (22:tcp); other doors open all their ports and take none.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) int {
 		door := fs.String("door", "", "the `door` whose ports to open (required)")
 		d := fs.Duration("for", 0, "how long, e.g. 1h (required)")
+		portFlag := fs.String("port", "", "the `port` to open (PORT:tcp|udp), for a door that grants per port")
 		tf := addTableFlags(fs)
 		return func(e *env, args []string) int {
 			addr, ok := grantArgs(e, "grant", *door, args)
+			if !ok {
+				return exitUsage
+			}
+			port, ok := portArg(e, "grant", *portFlag)
 			if !ok {
 				return exitUsage
 			}
@@ -44,14 +53,14 @@ DURATION is a Go duration ("90s", "1h30m"), 1ms to 720h, whole milliseconds.`,
 			defer fw.Close()
 			err := checkDoorAddr(fw, *door, addr)
 			if err == nil {
-				err = fw.Grant(*door, addr, *d)
+				err = fw.GrantPort(*door, addr, port, *d)
 			}
 			if err != nil {
 				fail(e, "grant", err)
 				return exitFail
 			}
 			until := e.now().Add(*d).UTC().Format(time.RFC3339)
-			fmt.Fprintf(e.stdout, "door %s: %s let in for %s, until %s\n", *door, who(fw, *door, addr), fmtDuration(*d), until)
+			fmt.Fprintf(e.stdout, "door %s: %s let in for %s, until %s\n", *door, who(fw, *door, addr, port), fmtDuration(*d), until)
 			return exitOK
 		}
 	},
@@ -59,17 +68,22 @@ DURATION is a Go duration ("90s", "1h30m"), 1ms to 720h, whole milliseconds.`,
 
 var revokeCmd = &command{
 	name:     "revoke",
-	synopsis: "-door DOOR [-table NAME | -config FILE] ADDRESS",
+	synopsis: "-door DOOR [-port PORT] [-table NAME | -config FILE] ADDRESS",
 	summary:  "end an address's grant on a door now",
 	help: `Deletes ADDRESS from the door's set: new connections from it to the door's
 ports are dropped at once. Connections already let in stay up (the ruleset
 accepts established connections). An address with no grant is not an
-error.`,
+error. For a door that grants per port, -port names the grant to end.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) int {
 		door := fs.String("door", "", "the `door` (required)")
+		portFlag := fs.String("port", "", "the `port` (PORT:tcp|udp) whose grant ends, for a door that grants per port")
 		tf := addTableFlags(fs)
 		return func(e *env, args []string) int {
 			addr, ok := grantArgs(e, "revoke", *door, args)
+			if !ok {
+				return exitUsage
+			}
+			port, ok := portArg(e, "revoke", *portFlag)
 			if !ok {
 				return exitUsage
 			}
@@ -81,19 +95,19 @@ error.`,
 			err := checkDoorAddr(fw, *door, addr)
 			had := false
 			if err == nil {
-				had, err = hasGrant(fw, *door, addr)
+				had, err = hasGrant(fw, *door, addr, port)
 			}
 			if err == nil {
-				err = fw.Revoke(*door, addr)
+				err = fw.RevokePort(*door, addr, port)
 			}
 			if err != nil {
 				fail(e, "revoke", err)
 				return exitFail
 			}
 			if had {
-				fmt.Fprintf(e.stdout, "door %s: %s revoked\n", *door, who(fw, *door, addr))
+				fmt.Fprintf(e.stdout, "door %s: %s revoked\n", *door, who(fw, *door, addr, port))
 			} else {
-				fmt.Fprintf(e.stdout, "door %s: %s had no grant\n", *door, who(fw, *door, addr))
+				fmt.Fprintf(e.stdout, "door %s: %s had no grant\n", *door, who(fw, *door, addr, port))
 			}
 			return exitOK
 		}
@@ -130,6 +144,22 @@ func grantArgs(e *env, cmd, door string, args []string) (netip.Addr, bool) {
 	return addr.Unmap(), true
 }
 
+// portArg reads -port: "" (none), or one tcp or udp port.
+func portArg(e *env, cmd, s string) (config.Port, bool) {
+	if s == "" {
+		return config.Port{}, true
+	}
+	p, err := config.ParsePort(s)
+	if err == nil && (p.Last > p.Num || !strings.Contains(s, ":")) {
+		err = fmt.Errorf("%q: give one port with its protocol, e.g. 22:tcp", s)
+	}
+	if err != nil {
+		usageErr(e, cmd, "-port %v", err)
+		return config.Port{}, false
+	}
+	return p, true
+}
+
 func checkFor(fs *flag.FlagSet, d time.Duration) error {
 	given := false
 	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "for" })
@@ -164,8 +194,12 @@ func checkDoorAddr(fw *nft.Firewall, door string, addr netip.Addr) error {
 	return nil
 }
 
-// who names what a grant of door to addr lets in.
-func who(fw *nft.Firewall, door string, addr netip.Addr) string {
+// who names what a grant of door to addr (of port, for a door that grants
+// per port) lets in.
+func who(fw *nft.Firewall, door string, addr netip.Addr, port config.Port) string {
+	if port.Num != 0 {
+		return addr.String() + " to " + port.String()
+	}
 	if !fw.AnyoneDoor(door) {
 		return addr.String()
 	}
@@ -175,14 +209,14 @@ func who(fw *nft.Firewall, door string, addr netip.Addr) string {
 	return "anyone (IPv6)"
 }
 
-// hasGrant tells whether door's set holds addr now.
-func hasGrant(fw *nft.Firewall, door string, addr netip.Addr) (bool, error) {
+// hasGrant tells whether door's set holds addr (with port) now.
+func hasGrant(fw *nft.Firewall, door string, addr netip.Addr, port config.Port) (bool, error) {
 	gs, err := fw.Grants()
 	if err != nil {
 		return false, err
 	}
 	for _, g := range gs {
-		if g.Door == door && g.Addr == addr {
+		if g.Door == door && g.Addr == addr && g.Port == port {
 			return true, nil
 		}
 	}

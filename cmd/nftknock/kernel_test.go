@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -396,4 +397,70 @@ func authorizedLine(s ssh.Signer, options, comment string) string {
 		l = options + " " + l
 	}
 	return l
+}
+
+// TestKernelPerPortDoor: an fwknop door's grants each open one port:
+// grant and revoke take -port (and refuse to go without), status shows
+// the port of each grant, and "all" for a door that opens all its ports.
+func TestKernelPerPortDoor(t *testing.T) {
+	t.Parallel()
+	k := newKernel(t)
+	fw, err := nft.Open("nftknock", nftables.WithNetNSFd(k.ns.FD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.Close()
+	dir := t.TempDir()
+	keyFile := func(name string, n int) string {
+		p := dir + "/" + name
+		if err := os.WriteFile(p, []byte(base64.StdEncoding.EncodeToString(make([]byte, n))+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tcp := func(n uint16) config.Port { return config.Port{Num: n, Proto: config.TCP} }
+	cfg := &config.Config{File: "test.toml", NFLOGGroup: 7113, Table: "nftknock", MaxTracked: 100, Doors: []config.Door{
+		{Name: "ssh", Kind: &config.Sequence{Sequence: []config.Port{tcp(7000), tcp(8000)}, SeqTimeout: 5 * time.Second}, Open: []config.Port{tcp(22)}, OpenFor: 30 * time.Second, MaxGrants: 1024},
+		{Name: "fw", Kind: &config.Fwknop{Port: config.Port{Num: 62201, Proto: config.UDP}, KeyFile: keyFile("fw.key", 32), HMACKeyFile: keyFile("fw.hmac", 64),
+			MaxAge: time.Minute, MaxOpenFor: time.Minute, Sources: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}},
+			Open: []config.Port{tcp(22), tcp(2222)}, OpenFor: 30 * time.Second, MaxGrants: 1024},
+	}}
+	if err := installConfig(fw, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := k.run("grant", "-door", "fw", "-for", "1h", "192.0.2.1"); code != exitFail || !strings.Contains(errOut, "door fw grants per port") {
+		t.Errorf("grant without -port through a per-port door: exit %d: %s", code, errOut)
+	}
+	if code, _, errOut := k.run("grant", "-door", "ssh", "-for", "1h", "-port", "22:tcp", "192.0.2.1"); code != exitFail || !strings.Contains(errOut, "door ssh grants all its opened ports") {
+		t.Errorf("grant -port through a door of all its ports: exit %d: %s", code, errOut)
+	}
+	if code, _, errOut := k.run("grant", "-door", "fw", "-for", "1h", "-port", "22", "192.0.2.1"); code != exitUsage || !strings.Contains(errOut, "with its protocol") {
+		t.Errorf("-port without protocol: exit %d: %s", code, errOut)
+	}
+	if code, out, errOut := k.run("grant", "-door", "fw", "-for", "1h", "-port", "2222:tcp", "192.0.2.1"); code != 0 || !strings.HasPrefix(out, "door fw: 192.0.2.1 to 2222:tcp let in for 1h") {
+		t.Errorf("grant -port: exit %d: %s%s", code, out, errOut)
+	}
+	if code, _, errOut := k.run("grant", "-door", "ssh", "-for", "1h", "192.0.2.1"); code != 0 {
+		t.Fatal(errOut)
+	}
+	if set := k.nft("list", "set", "inet", "nftknock", "fw_v4"); !strings.Contains(set, "192.0.2.1 . tcp . 2222 timeout 1h expires") {
+		t.Errorf("fw_v4:\n%s", set)
+	}
+	code, out, _ := k.run("status")
+	if code != 0 || !regexp.MustCompile(`(?m)^DOOR +ADDRESS +PORT +LEFT +TIMEOUT\nssh +192\.0\.2\.1 +all +59m\d+s +1h\nfw +192\.0\.2\.1 +2222:tcp +59m\d+s +1h\n\z`).MatchString(out) {
+		t.Errorf("status:\n%s", out)
+	}
+	_, out, _ = k.run("status", "-json")
+	if st := parseStatus(t, out); len(st.Grants) != 2 || st.Grants[0].Port != "" || st.Grants[1].Port != "2222:tcp" {
+		t.Errorf("status -json: %+v", st.Grants)
+	}
+	if code, out, _ := k.run("revoke", "-door", "fw", "-port", "22:tcp", "192.0.2.1"); code != 0 || out != "door fw: 192.0.2.1 to 22:tcp had no grant\n" {
+		t.Errorf("revoke of a port not granted: exit %d: %s", code, out)
+	}
+	if code, out, _ := k.run("revoke", "-door", "fw", "-port", "2222:tcp", "192.0.2.1"); code != 0 || out != "door fw: 192.0.2.1 to 2222:tcp revoked\n" {
+		t.Errorf("revoke: exit %d: %s", code, out)
+	}
+	if set := k.nft("list", "set", "inet", "nftknock", "fw_v4"); strings.Contains(set, "192.0.2.1") {
+		t.Errorf("fw_v4 after revoke:\n%s", set)
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/knock/engine"
 	"github.com/nftknock/nftknock/knock/fwknop"
 )
 
@@ -195,7 +196,51 @@ func checkFwknopTOML(t *testing.T, out string) []fwknopDoor {
 			}
 		}
 	}
+	// The daemon's own parser takes it, door for door.
+	if len(cfg.Door) > 0 {
+		parsed, err := config.Parse("migrated.toml", []byte(out))
+		if err != nil {
+			t.Errorf("the daemon's config parser refuses the output: %v", err)
+		} else if len(parsed.Doors) != len(cfg.Door) {
+			t.Errorf("the daemon reads %d doors, migrate wrote %d", len(parsed.Doors), len(cfg.Door))
+		}
+	}
 	return cfg.Door
+}
+
+// TestMigrateFwknopOutputRuns: what migrate -fwknop writes for two stanzas
+// is a configuration the daemon starts with: it validates, its key files
+// pass the daemon's checks (root's, mode 0600) and load, its plan lays out
+// (the two doors share fwknopd's port: one log rule).
+func TestMigrateFwknopOutputRuns(t *testing.T) {
+	code, out, stderr, keysDir := migrateFwknopRun(t, "two_stanzas")
+	if code != exitOK {
+		t.Fatalf("exit %d:\n%s", code, stderr)
+	}
+	path := filepath.Join(filepath.Dir(keysDir), "nftknock.toml")
+	if err := os.WriteFile(path, []byte(out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := engine.Plan(cfg)
+	if err != nil {
+		t.Fatalf("the daemon would not start with it: %v", err)
+	}
+	logs := 0
+	for _, r := range p.Chains[0].Rules {
+		if strings.HasSuffix(r.Comment, ": single-packet authorization") {
+			logs++
+			if !strings.HasPrefix(r.Comment, "doors fw, fw_2: ") {
+				t.Errorf("the shared port's log rule: %q", r.Comment)
+			}
+		}
+	}
+	if logs != 1 {
+		t.Errorf("%d log rules for the shared port, want 1", logs)
+	}
 }
 
 // TestMigrateFwknopKeysOpenClientPackets: the key files migrate writes for

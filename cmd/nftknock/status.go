@@ -44,6 +44,9 @@ table is not installed.
         "anyone": false,        true: an open_to = "anyone" door, open to
                                 every address of the family; the address
                                 is then 0.0.0.0 or ::
+        "port": "22:tcp",       the one port the grant opens, for a door
+                                that grants per port (an fwknop door);
+                                absent for a grant of all the door's ports
         "timeout_ms": 30000,    the grant's whole timeout; 0: none
         "left_ms": 29492,       time left; 0 when it has no timeout
         "expires_at": "2025-01-02T15:04:05.123Z",  absent without timeout
@@ -105,6 +108,7 @@ type grantJSON struct {
 	Address   string `json:"address"`
 	Family    string `json:"family"`
 	Anyone    bool   `json:"anyone"`
+	Port      string `json:"port,omitempty"`
 	TimeoutMS int64  `json:"timeout_ms"`
 	LeftMS    int64  `json:"left_ms"`
 	ExpiresAt string `json:"expires_at,omitempty"`
@@ -155,6 +159,9 @@ func status(e *env, fw *nft.Firewall, cfg *config.Config, asJSON bool) int {
 		if g.Addr.Is6() {
 			j.Family = "ipv6"
 		}
+		if g.Port.Num != 0 {
+			j.Port = g.Port.String()
+		}
 		if g.Timeout != 0 {
 			j.LeftMS = g.Expires.Milliseconds()
 			j.ExpiresAt = now.Add(g.Expires).UTC().Format("2006-01-02T15:04:05.000Z07:00")
@@ -202,13 +209,20 @@ func printStatus(w io.Writer, s statusJSON, grants []nft.Grant) {
 		fmt.Fprintln(w, "no live grants")
 		return
 	}
+	// A PORT column when some grant names its port (a door that grants
+	// per port); "all" for the others.
+	ports := slices.ContainsFunc(s.Grants, func(g grantJSON) bool { return g.Port != "" })
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	by := slices.ContainsFunc(grants, func(g nft.Grant) bool { return g.Comment != "" })
-	if by {
-		fmt.Fprintln(tw, "DOOR\tADDRESS\tLEFT\tTIMEOUT\tBY")
-	} else {
-		fmt.Fprintln(tw, "DOOR\tADDRESS\tLEFT\tTIMEOUT")
+	header := []string{"DOOR", "ADDRESS"}
+	if ports {
+		header = append(header, "PORT")
 	}
+	header = append(header, "LEFT", "TIMEOUT")
+	if by {
+		header = append(header, "BY")
+	}
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
 	for i, g := range grants {
 		left, timeout := "-", "none"
 		if g.Timeout != 0 {
@@ -218,11 +232,15 @@ func printStatus(w io.Writer, s statusJSON, grants []nft.Grant) {
 		if s.Grants[i].Anyone {
 			addr = "anyone (" + map[bool]string{false: "IPv4", true: "IPv6"}[g.Addr.Is6()] + ")"
 		}
-		if by {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", g.Door, addr, left, timeout, cmp.Or(g.Comment, "-"))
-		} else {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", g.Door, addr, left, timeout)
+		row := []string{g.Door, addr}
+		if ports {
+			row = append(row, cmp.Or(s.Grants[i].Port, "all"))
 		}
+		row = append(row, left, timeout)
+		if by {
+			row = append(row, cmp.Or(g.Comment, "-"))
+		}
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
 	}
 	tw.Flush()
 }

@@ -2,7 +2,8 @@
 // kernel capture (its rules in the plan), what it does with a packet the
 // kernel logged for it, and what it does as time passes. The kinds are
 // knock sequences (sequence.go: fixed, one-time, with a close sequence),
-// shared-key SPA (spa.go) and rotating sequences (rotating.go). A new kind
+// shared-key SPA (spa.go), fwknop's SPA (fwknop.go) and rotating sequences
+// (rotating.go). A new kind
 // is a file here with its constructor in New, beside its KindSpec in
 // package config. Public-key SPA doors (keyspa.go) open for SSH keys.
 //
@@ -63,6 +64,10 @@ type Actions interface {
 	// Open grants the door to addr, for a knock or datagram from source;
 	// by names who made it, if a key tells ("" otherwise).
 	Open(addr, source netip.Addr, by string)
+	// OpenPorts is Open for a door that grants per port (its kind's
+	// GrantsPerPort): ports alone, each one the door opens, open to addr,
+	// for d (0: the door's open_for).
+	OpenPorts(addr, source netip.Addr, by string, ports []config.Port, d time.Duration)
 	// Close ends addr's grant at once.
 	Close(addr netip.Addr)
 	// Ports makes one of the door's port sets hold ports.
@@ -99,6 +104,9 @@ type Deps struct {
 	// and runs nothing, when the worker's queue is full. Nil (engine.Check,
 	// tests): the door does the work itself.
 	Offload func(d Door, job Job) bool
+	// Shared are the generation's doors that share a capture port (nil:
+	// none do; a test of one door).
+	Shared *Shared
 }
 
 // Job is work a door hands to the engine's worker (Deps.Offload).
@@ -123,6 +131,8 @@ func New(file string, d *config.Door, deps Deps, prev Door) (Door, error) {
 		return newSPA(file, d, k, deps)
 	case *config.KeySPA:
 		return newKeySPA(file, d, k, deps)
+	case *config.Fwknop:
+		return newFwknop(file, d, k, deps)
 	case *config.Rotating:
 		p, _ := prev.(*rotating)
 		return newRotating(file, d, k, deps, p)
@@ -136,9 +146,12 @@ type Maker interface {
 	NewDoor(file string, d *config.Door, deps Deps, prev Door) (Door, error)
 }
 
-// Gate is the gate of d: what it opens, to whom.
+// Gate is the gate of d: what it opens, to whom; per port if its kind
+// grants so (GrantsPerPort).
 func Gate(d *config.Door) plan.Door {
-	return plan.Door{Name: d.Name, Open: d.Open, Anyone: d.OpenToAnyone, AlwaysAllow: d.AlwaysAllow, MaxGrants: d.MaxGrants}
+	pp, _ := d.Kind.(interface{ GrantsPerPort() bool })
+	return plan.Door{Name: d.Name, Open: d.Open, Anyone: d.OpenToAnyone, AlwaysAllow: d.AlwaysAllow, MaxGrants: d.MaxGrants,
+		PerPort: pp != nil && pp.GrantsPerPort()}
 }
 
 // fieldError is a problem with a file a door's field names.

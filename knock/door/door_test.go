@@ -41,6 +41,9 @@ func (r *recorder) Open(addr, source netip.Addr, by string) {
 	}
 	r.asked = append(r.asked, fmt.Sprintf("open %s", addr))
 }
+func (r *recorder) OpenPorts(addr, source netip.Addr, by string, ports []config.Port, d time.Duration) {
+	r.asked = append(r.asked, fmt.Sprintf("open %s %v for %v", addr, ports, d))
+}
 func (r *recorder) Close(addr netip.Addr) { r.asked = append(r.asked, "close "+addr.String()) }
 func (r *recorder) Ports(set string, ports []uint16) {
 	r.ports[set] = ports
@@ -72,7 +75,7 @@ func keyFile(t *testing.T) (string, []byte) {
 	return path, raw
 }
 
-func testDeps(t *testing.T, now func() time.Time, portSet func(string) ([]uint16, bool, error)) (Deps, *observer.ObservedLogs) {
+func testDeps(t testing.TB, now func() time.Time, portSet func(string) ([]uint16, bool, error)) (Deps, *observer.ObservedLogs) {
 	core, logs := observer.New(zap.DebugLevel)
 	log := zap.New(core)
 	if portSet == nil {

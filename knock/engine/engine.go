@@ -371,6 +371,10 @@ func (a *actions) Open(addr, source netip.Addr, by string) {
 	a.e.o.Gate.Open(gate.Grant{Door: a.name(), Addr: addr, Source: source, By: by})
 }
 
+func (a *actions) OpenPorts(addr, source netip.Addr, by string, ports []config.Port, d time.Duration) {
+	a.e.o.Gate.Open(gate.Grant{Door: a.name(), Addr: addr, Source: source, By: by, Ports: ports, For: d})
+}
+
 func (a *actions) Close(addr netip.Addr) {
 	a.e.o.Gate.Revoke(context.Background(), a.name(), addr, addr)
 }
@@ -438,6 +442,9 @@ func (e *Engine) doReplan(ctx context.Context) {
 // nothing outside what it returns but the doors' capture tags.
 func (e *Engine) build(cfg *config.Config, prev *generation, deps door.Deps) (*generation, error) {
 	g := &generation{cfg: cfg, tracked: map[int]int{}}
+	// The generation's doors find the doors they share a port with among
+	// their own, and act for them through their Actions.
+	deps.Shared = door.NewShared(g.actionsOf)
 	var errs []error
 	extra := map[int][]config.Claim{}
 	for i := range cfg.Doors {
@@ -502,6 +509,11 @@ func (e *Engine) build(cfg *config.Config, prev *generation, deps door.Deps) (*g
 			float64(n)/(1<<20), float64(nft.MaxBatch)/(1<<20))}
 	}
 	return g, nil
+}
+
+// actionsOf are the Actions of d, one of g's doors.
+func (g *generation) actionsOf(d door.Door) door.Actions {
+	return g.acts[slices.Index(g.doors, d)]
 }
 
 // layout lays out the plan of g's doors and the routing of their

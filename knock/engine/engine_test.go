@@ -47,6 +47,12 @@ type harness struct {
 
 func start(t *testing.T, toml string, kinds ...config.KindSpec) *harness {
 	t.Helper()
+	return startAt(t, nil, toml, kinds...)
+}
+
+// startAt is start on the clock now (nil: the real one).
+func startAt(t *testing.T, now func() time.Time, toml string, kinds ...config.KindSpec) *harness {
+	t.Helper()
 	h := &harness{
 		t: t, fw: gate.NewFakeFirewall(nil), src: engine.NewFakeSource(1 << 16),
 		path: filepath.Join(t.TempDir(), "nftknock.toml"), kinds: append(config.Kinds[:len(config.Kinds):len(config.Kinds)], kinds...),
@@ -60,7 +66,7 @@ func start(t *testing.T, toml string, kinds ...config.KindSpec) *harness {
 	go func() {
 		h.done <- daemon.Run(ctx, daemon.Options{
 			Log: zap.New(core), Load: h.load, Reload: h.reload, Source: h.src, Firewall: h.fw,
-			Ready: func(s string) { h.ready <- s },
+			Ready: func(s string) { h.ready <- s }, Now: now,
 		})
 	}()
 	select {

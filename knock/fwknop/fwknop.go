@@ -333,6 +333,12 @@ func (k *Key) authentic(s *scratch, p []byte) bool {
 // package documentation gives. It does not consult a replay cache: that is
 // the caller's next step, keyed by Request.Digest.
 //
+// An authentic packet refused for its age (ErrStale), its type
+// (ErrCommand, ErrNAT) or a server_auth field (ErrServerAuth) comes with
+// what was read of it before (User, Time; Type but for ErrStale), for the
+// log: it asks for nothing, and nothing must be opened for it. On every
+// other error the Request is zero.
+//
 // The payload is hostile input: Open reads nothing outside it, does not
 // change it, allocates nothing to refuse it before the plaintext, and
 // compares the HMAC in constant time.
@@ -351,7 +357,7 @@ func Open(k *Key, payload []byte, now time.Time, maxAge time.Duration) (Request,
 	}
 	r, err := parsePlain(plain, now, maxAge)
 	if err != nil {
-		return Request{}, err
+		return r, err
 	}
 	r.Digest = sha256.Sum256(payload)
 	return r, nil
@@ -468,7 +474,7 @@ func parsePlain(plain []byte, now time.Time, maxAge time.Duration) (Request, err
 	r.User = user
 	r.Time = time.Unix(int64(ts), 0)
 	if age := now.Sub(r.Time); age > maxAge || age < -maxAge {
-		return Request{}, ErrStale
+		return r, ErrStale
 	}
 	r.Type = MessageType(typ)
 	want6 := 6 // fields of an access message without server_auth
@@ -477,16 +483,16 @@ func parsePlain(plain []byte, now time.Time, maxAge time.Duration) (Request, err
 	case TypeClientTimeoutAccess:
 		want6++
 	case TypeCommand:
-		return Request{}, ErrCommand
+		return r, ErrCommand
 	case TypeNATAccess, TypeClientTimeoutNATAccess, TypeLocalNATAccess, TypeClientTimeoutLocalNATAccess:
-		return Request{}, ErrNAT
+		return r, ErrNAT
 	default:
 		return Request{}, ErrMalformed
 	}
 	switch nf {
 	case want6:
 	case want6 + 1:
-		return Request{}, ErrServerAuth
+		return r, ErrServerAuth
 	default:
 		return Request{}, ErrMalformed
 	}

@@ -24,6 +24,7 @@
 package gate
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -232,6 +233,12 @@ type Grant struct {
 	Door         string
 	Addr, Source netip.Addr
 	By           string
+	// Ports, for a door that grants per port, are the ports the request
+	// opens, each one of the door's (nil: all of them); other doors open
+	// all their ports whatever it says.
+	Ports []config.Port
+	// For is how long the grant lasts; zero: the door's open_for.
+	For time.Duration
 }
 
 type revokeRequest struct {
@@ -490,12 +497,17 @@ func (g *Gate) restoreSet(set string) {
 // grantOf is the ledger's grant for an element of door's set; its comment
 // says who made it.
 func (g *Gate) grantOf(door string, key []byte, timeout, left time.Duration, by string, now time.Time) ledger.Grant {
-	addr, _ := nft.AddrOf(key, g.gates[door].Anyone)
-	gr := ledger.Grant{Door: door, Key: ledger.Key{Addr: addr}, Timeout: timeout, By: by}
+	gr := ledger.Grant{Door: door, Key: g.keyOf(door, key), Timeout: timeout, By: by}
 	if timeout != 0 {
 		gr.Expires = now.Add(left)
 	}
 	return gr
+}
+
+// keyOf is the ledger's key for an element key of door's sets.
+func (g *Gate) keyOf(door string, key []byte) ledger.Key {
+	addr, proto, port, _ := g.gates[door].Grantee(key)
+	return ledger.Key{Addr: addr, Proto: proto, Port: port}
 }
 
 // restoreChunk puts the next chunk of the grants to restore back, each
@@ -511,7 +523,7 @@ func (g *Gate) restoreChunk() {
 	bySet := map[string][]nft.Element{}
 	var order []string
 	for _, gr := range chunk {
-		set, key := g.gates[gr.Door].GrantSet(gr.Addr)
+		set, key := g.gates[gr.Door].GrantSet(gr.Addr, gr.Proto, gr.Port)
 		if !g.restoreSets[set] {
 			continue // its set was kept
 		}
@@ -589,9 +601,8 @@ drain:
 		if d == nil {
 			continue // the door went away in a reload
 		}
-		for _, a := range grantees(d, q.Addr) {
-			k := ledger.Key{Addr: a}
-			res, gr := g.ledger.Put(q.Door, k, d.OpenFor, q.By, now)
+		for _, k := range g.grantees(d, q.Addr, q.Ports) {
+			res, gr := g.ledger.Put(q.Door, k, cmp.Or(q.For, d.OpenFor), q.By, now)
 			switch res {
 			case ledger.Full:
 				g.full[q.Door]++
@@ -607,7 +618,7 @@ drain:
 	var order []string
 	index := map[string][]int{}
 	for i, w := range writes {
-		set, key := g.gates[w.req.Door].GrantSet(w.key.Addr)
+		set, key := g.gates[w.req.Door].GrantSet(w.key.Addr, w.key.Proto, w.key.Port)
 		e := nft.Element{Key: key, Timeout: w.grant.Timeout, Live: w.result != ledger.Added, Comment: w.grant.By}
 		if w.result == ledger.Kept {
 			// A knock never shortens a grant: the longer one is written
@@ -663,14 +674,30 @@ drain:
 	}
 }
 
-// grantees are the addresses a door opens to for addr: addr itself, or
-// for an open_to = "anyone" door every address of both families (the
-// unspecified addresses stand for them in the door's set).
-func grantees(d *config.Door, addr netip.Addr) []netip.Addr {
-	if d.OpenToAnyone {
-		return []netip.Addr{netip.IPv4Unspecified(), netip.IPv6Unspecified()}
+// grantees are the ledger keys a grant of d to addr writes: addr itself,
+// or for an open_to = "anyone" door every address of both families (the
+// unspecified addresses stand for them in the door's set); for a door that
+// grants per port, addr with each of ports that the door opens (all its
+// ports when ports is nil).
+func (g *Gate) grantees(d *config.Door, addr netip.Addr, ports []config.Port) []ledger.Key {
+	switch {
+	case d.OpenToAnyone:
+		return []ledger.Key{{Addr: netip.IPv4Unspecified()}, {Addr: netip.IPv6Unspecified()}}
+	case !g.gates[d.Name].PerPort:
+		return []ledger.Key{{Addr: addr.Unmap()}}
 	}
-	return []netip.Addr{addr.Unmap()}
+	if ports == nil {
+		ports = d.Open
+	}
+	var keys []ledger.Key
+	for _, p := range ports {
+		// A per-port door opens single ports; one it does not open is
+		// never written, whoever asks.
+		if p.Last <= p.Num && slices.Contains(d.Open, config.Port{Num: p.Num, Proto: p.Proto}) {
+			keys = append(keys, ledger.Key{Addr: addr.Unmap(), Proto: p.Proto, Port: p.Num})
+		}
+	}
+	return keys
 }
 
 // opened logs a grant written and runs the door's on_open hook.
@@ -681,8 +708,12 @@ func (g *Gate) opened(q *Grant, now time.Time) {
 		to = "anyone"
 		g.lastSource[q.Door] = q.Source
 	}
+	ports := d.Open
+	if q.Ports != nil && g.gates[d.Name].PerPort {
+		ports = q.Ports
+	}
 	fields := []zap.Field{zap.String("door", d.Name), zap.Stringer("source", q.Source), zap.String("to", to),
-		zap.Duration("for", d.OpenFor), zap.Stringers("ports", d.Open)}
+		zap.Duration("for", cmp.Or(q.For, d.OpenFor)), zap.Stringers("ports", ports)}
 	if q.By != "" {
 		fields = append(fields, zap.String("key", q.By))
 	}
@@ -695,14 +726,14 @@ func (g *Gate) revoke(r *revokeRequest) {
 	if d == nil {
 		return
 	}
-	for _, a := range grantees(d, r.addr) {
-		set, key := g.gates[d.Name].GrantSet(a)
+	for _, k := range g.grantees(d, r.addr, nil) {
+		set, key := g.gates[d.Name].GrantSet(k.Addr, k.Proto, k.Port)
 		if err := g.fw.Delete(set, [][]byte{key}); err != nil {
 			g.log.Error("door NOT closed: removing the source from the set failed", zap.String("door", d.Name),
 				zap.Stringer("source", r.source), zap.Error(err))
 			return
 		}
-		g.forget(d.Name, ledger.Key{Addr: a})
+		g.forget(d.Name, k)
 	}
 	g.lines.Info("door closed by close sequence", zap.String("door", d.Name), zap.Stringer("source", r.source))
 	g.runHook("on_close", d, r.source)
@@ -841,8 +872,7 @@ func (g *Gate) changes() {
 			continue
 		}
 		if e.Deleted {
-			addr, _ := nft.AddrOf(e.Key, g.gates[door].Anyone)
-			g.forget(door, ledger.Key{Addr: addr})
+			g.forget(door, g.keyOf(door, e.Key))
 			continue
 		}
 		gr := g.grantOf(door, e.Key, e.Timeout, e.Expires, e.Comment, now)

@@ -3,6 +3,7 @@ package gate
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -54,7 +55,8 @@ func door(name string, open time.Duration) *config.Door {
 func planFor(doors ...*config.Door) *plan.Plan {
 	b := plan.NewBuilder("nftknock", 7113, func(d string) string { return d + "/1" })
 	for _, d := range doors {
-		b.Door(plan.Door{Name: d.Name, Open: d.Open, Anyone: d.OpenToAnyone, MaxGrants: d.MaxGrants})
+		_, perPort := d.Kind.(*config.Fwknop)
+		b.Door(plan.Door{Name: d.Name, Open: d.Open, Anyone: d.OpenToAnyone, MaxGrants: d.MaxGrants, PerPort: perPort})
 	}
 	return b.Build()
 }
@@ -114,7 +116,7 @@ func (g *testGate) element(set string, a netip.Addr) (nft.Element, bool) {
 
 func (g *testGate) open(doorName string, a netip.Addr) {
 	g.Open(Grant{Door: doorName, Addr: a, Source: a})
-	set, _ := plan.Door{Name: doorName}.GrantSet(a)
+	set, _ := plan.Door{Name: doorName}.GrantSet(a, 0, 0)
 	g.wait("the grant of "+a.String(), func() bool { _, ok := g.element(set, a); return ok })
 }
 
@@ -323,4 +325,75 @@ func TestOnCloseHookAtExpiry(t *testing.T) {
 	}
 	g.clock.add(3 * time.Second)
 	g.wait("on_close", func() bool { return strings.Contains(events(), "on_close 198.51.100.1") })
+}
+
+// TestPerPortGrants: a door that grants per port writes one element per
+// requested port, each keyed address . protocol . port, for the request's
+// time (or open_for); a port it does not open is never written; the heal
+// puts each back with its port, someone else's included.
+func TestPerPortGrants(t *testing.T) {
+	d := door("fw", 30*time.Second)
+	d.Kind = &config.Fwknop{}
+	d.Open = []config.Port{{Num: 22, Proto: config.TCP}, {Num: 2222, Proto: config.TCP}, {Num: 53, Proto: config.UDP}}
+	g := startGate(t, d)
+	gd := plan.Door{Name: "fw", PerPort: true}
+	has := func(a netip.Addr, proto config.Proto, port uint16) (nft.Element, bool) {
+		set, key := gd.GrantSet(a, proto, port)
+		for _, e := range g.fw.Elements(set) {
+			if string(e.Key) == string(key) {
+				return e, true
+			}
+		}
+		return nft.Element{}, false
+	}
+	g.Open(Grant{Door: "fw", Addr: alice, Source: bob, Ports: []config.Port{{Num: 22, Proto: config.TCP}}, For: time.Minute})
+	g.wait("alice's tcp/22", func() bool { _, ok := has(alice, config.TCP, 22); return ok })
+	if e, _ := has(alice, config.TCP, 22); e.Timeout != time.Minute {
+		t.Errorf("alice's tcp/22 for %v, want the request's 1m", e.Timeout)
+	}
+	for _, p := range []uint16{2222, 53} {
+		if _, ok := has(alice, config.TCP, p); ok {
+			t.Errorf("alice got port %d she did not ask for", p)
+		}
+	}
+	if l := g.logs.FilterMessage("door opened").All(); len(l) != 1 || fmt.Sprint(l[0].ContextMap()["ports"]) != "[22:tcp]" ||
+		fmt.Sprint(l[0].ContextMap()["for"]) != "1m0s" {
+		t.Errorf("door opened lines: %v", l)
+	}
+
+	// No ports: all of them, for open_for; a port the door does not open:
+	// nothing.
+	g.Open(Grant{Door: "fw", Addr: bob, Source: bob})
+	g.Open(Grant{Door: "fw", Addr: alice, Source: alice, Ports: []config.Port{{Num: 23, Proto: config.TCP}}})
+	g.wait("bob's three ports", func() bool { _, ok := has(bob, config.UDP, 53); return ok })
+	if e, ok := has(bob, config.TCP, 2222); !ok || e.Timeout != 30*time.Second {
+		t.Errorf("bob's tcp/2222: %+v %v", e, ok)
+	}
+	if _, ok := has(alice, config.TCP, 23); ok {
+		t.Error("a port the door does not open was written")
+	}
+
+	// Someone else's element, then a flush.
+	carol := netip.MustParseAddr("2001:db8::3")
+	set, key := gd.GrantSet(carol, config.UDP, 53)
+	g.fw.AddElement(set, key, time.Hour)
+	g.wait("carol in the ledger", func() bool {
+		got := make(chan bool, 1)
+		g.reqs <- request{inspect: func() {
+			_, ok := g.ledger.Get("fw", ledger.Key{Addr: carol, Proto: config.UDP, Port: 53}, g.now())
+			got <- ok
+		}}
+		return <-got
+	})
+	g.fw.Flush()
+	g.wait("the heal", func() bool { return g.logs.FilterMessageSnippet("re-installed with 5 live grants restored").Len() == 1 })
+	for _, w := range []struct {
+		a     netip.Addr
+		proto config.Proto
+		port  uint16
+	}{{alice, config.TCP, 22}, {bob, config.TCP, 22}, {bob, config.TCP, 2222}, {bob, config.UDP, 53}, {carol, config.UDP, 53}} {
+		if _, ok := has(w.a, w.proto, w.port); !ok {
+			t.Errorf("after the heal, no %s %s/%d", w.a, w.proto, w.port)
+		}
+	}
 }

@@ -47,10 +47,18 @@ func (l *Limiter) Info(msg string, fields ...zap.Field) {
 // Log is Info with a level and an explicit kind (several messages may
 // share one).
 func (l *Limiter) Log(lvl zapcore.Level, kind, msg string, fields ...zap.Field) {
-	if !l.log.Core().Enabled(lvl) || !l.allow(kind, msg) {
+	if !l.Admit(lvl, kind, msg) {
 		return
 	}
 	l.log.Log(lvl, msg, fields...)
+}
+
+// Admit counts a line of kind as Log does and tells whether to write it
+// (with the Limiter's logger): for a caller on a packet path that builds
+// the line's fields only then, so that a line held back costs nothing, not
+// even the fields' slice.
+func (l *Limiter) Admit(lvl zapcore.Level, kind, msg string) bool {
+	return l.log.Core().Enabled(lvl) && l.allow(kind, msg)
 }
 
 func (l *Limiter) allow(kind, msg string) bool {

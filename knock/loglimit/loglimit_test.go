@@ -39,3 +39,28 @@ func TestLimiter(t *testing.T) {
 		t.Error("levels or kinds mixed up")
 	}
 }
+
+// TestAdmitCountsAsLog: Admit is Log's decision alone: the same budget a
+// kind, the same summary of what was held back, nothing at a level that
+// is off.
+func TestAdmitCountsAsLog(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	l := New(zap.New(core))
+	admitted := 0
+	for range 15 {
+		if l.Admit(zapcore.InfoLevel, "junk", "fwknop SPA packet rejected: too short") {
+			admitted++
+		}
+	}
+	if l.Admit(zapcore.DebugLevel, "debug", "off") {
+		t.Error("a line at a level that is off was admitted")
+	}
+	if admitted != PerSecond {
+		t.Errorf("%d admitted, want %d", admitted, PerSecond)
+	}
+	l.Flush()
+	sum := logs.FilterMessage("more lines than are logged one by one (a flood?): fwknop SPA packet rejected: too short").All()
+	if len(sum) != 1 || sum[0].ContextMap()["not_logged"] != uint64(5) {
+		t.Errorf("summaries %v, want one with 5 held back", logs.All())
+	}
+}

@@ -152,6 +152,23 @@ func MatchSaddrInSet(set string, id uint32, v6 bool) []expr.Any {
 	return append(saddr(v6), &expr.Lookup{SourceRegister: 1, SetName: set, SetID: id})
 }
 
+// MatchSaddrPortInSet is "ip saddr . meta l4proto . th dport @set" /
+// "ip6 saddr . meta l4proto . th dport @set": a per-port grant set's
+// lookup. nft puts each field of the concatenation in the 32-bit
+// registers after the one before (NFT_REG32_00 is 8): for IPv4 the address
+// in reg 1 (= 8), the protocol in 9, the port in 10; for IPv6 the address
+// fills reg 1 (8-11), the protocol goes to reg 2 (= 12), the port to 13.
+func MatchSaddrPortInSet(set string, id uint32, v6 bool) []expr.Any {
+	protoReg, portReg := uint32(9), uint32(10)
+	if v6 {
+		protoReg, portReg = 2, 13
+	}
+	return append(saddr(v6),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
+		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: 1, SetName: set, SetID: id})
+}
+
 // counterVerdict is "counter accept" / "counter drop".
 func counterVerdict(v expr.VerdictKind) []expr.Any {
 	return []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: v}}

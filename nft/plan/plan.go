@@ -16,6 +16,7 @@ package plan
 import (
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -112,17 +113,66 @@ type Door struct {
 	AlwaysAllow []netip.Prefix
 	// MaxGrants is the size of each grant set.
 	MaxGrants int
+	// PerPort: a grant is an address, a protocol and a port, and opens
+	// that one port (of Open) alone; the door's sets are `ipv4_addr .
+	// inet_proto . inet_service` (and ipv6_addr), so that `nft list`
+	// shows what each source got. Anyone takes precedence (the config
+	// refuses the two together).
+	PerPort bool
 }
 
-// GrantSet names the set that holds door's grants to addr, and the
-// element's key in it: the address itself, or for a door open to anyone
-// the address's family (meta nfproto), one element standing for all of it.
-func (d Door) GrantSet(addr netip.Addr) (set string, key []byte) {
-	if d.Anyone {
+// GrantSet names the set that holds door's grant to addr, and the
+// element's key in it: the address itself; for a door open to anyone the
+// address's family (meta nfproto), one element standing for all of it;
+// for a door that grants per port, the address, proto and port
+// concatenated as the kernel lays out `ipv4_addr . inet_proto .
+// inet_service` (each field padded to 4 bytes). proto and port are those
+// of a per-port grant, ignored for other doors.
+func (d Door) GrantSet(addr netip.Addr, proto config.Proto, port uint16) (set string, key []byte) {
+	switch {
+	case d.Anyone:
 		return AnyoneSetName(d.Name), FamilyKey(addr)
+	case d.PerPort:
+		key = append(addr.AsSlice(), byte(proto), 0, 0, 0, byte(port>>8), byte(port), 0, 0)
+		return SetName(d.Name, addr.Is6()), key
 	}
 	return SetName(d.Name, addr.Is6()), addr.AsSlice()
 }
+
+// Grantee undoes GrantSet: what an element key of one of the door's grant
+// sets lets in (proto and port zero but for a per-port door's). ok is
+// false for a key of no shape the door's sets hold.
+func (d Door) Grantee(key []byte) (addr netip.Addr, proto config.Proto, port uint16, ok bool) {
+	switch {
+	case d.Anyone:
+		switch {
+		case len(key) == 1 && key[0] == unix.NFPROTO_IPV4:
+			return netip.IPv4Unspecified(), 0, 0, true
+		case len(key) == 1 && key[0] == unix.NFPROTO_IPV6:
+			return netip.IPv6Unspecified(), 0, 0, true
+		}
+		return netip.Addr{}, 0, 0, false
+	case d.PerPort:
+		n := len(key) - 8
+		if n != 4 && n != 16 {
+			return netip.Addr{}, 0, 0, false
+		}
+		addr, _ = netip.AddrFromSlice(key[:n])
+		return addr, config.Proto(key[n]), uint16(key[n+4])<<8 | uint16(key[n+5]), true
+	}
+	addr, ok = netip.AddrFromSlice(key)
+	return addr, 0, 0, ok
+}
+
+// Per-port grant sets' keys: `ipv4_addr . inet_proto . inet_service` and
+// `ipv6_addr . inet_proto . inet_service`.
+var (
+	portKeyV4 = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+	portKeyV6 = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
+)
+
+// PortKey is the key type of a per-port door's grant set of a family.
+func PortKey(v6 bool) nftables.SetDatatype { return pick(v6, portKeyV4, portKeyV6) }
 
 // FamilyKey is the element of an anyone set that stands for addr's family.
 func FamilyKey(addr netip.Addr) []byte {
@@ -270,6 +320,10 @@ type datagram struct {
 	when []expr.Any
 	// size, if not zero, is the only UDP payload size logged.
 	size uint16
+	// shared: the port is SharedDatagram's; doors are those that share
+	// it, the first one (whose prefix the rule logs under) first.
+	shared bool
+	doors  []string
 }
 
 type stepPlan struct {
@@ -326,7 +380,34 @@ func (b *Builder) RotatingKnocks(door string, r RotatingKnocks) {
 // drop them: nothing answers.
 func (b *Builder) Datagram(door string, port config.Port, when []expr.Any) {
 	d := b.door(door)
-	d.datagrams = append(d.datagrams, datagram{port: port, when: when})
+	d.datagrams = append(d.datagrams, datagram{port: port, when: when, doors: []string{door}})
+}
+
+// SharedDatagram is Datagram for a port that several doors share (fwknop
+// doors: fwknopd's stanzas all take one port, and a packet belongs to the
+// door whose key made it). The kernel logs a datagram to port once, under
+// the prefix of the first door that asked for it, and that door must hand
+// the others theirs: the engine routes a prefix to one door. The doors
+// sharing a port must ask the same of its packets (when: the interface);
+// a door that asks otherwise is a bug of its kind, which must refuse such
+// a config.
+func (b *Builder) SharedDatagram(door string, port config.Port, when []expr.Any) {
+	b.door(door)
+	for _, d := range b.doors {
+		for i := range d.datagrams {
+			g := &d.datagrams[i]
+			if !g.shared || g.port != port {
+				continue
+			}
+			if !slices.EqualFunc(g.when, when, func(a, b expr.Any) bool { return reflect.DeepEqual(a, b) }) {
+				panic(fmt.Sprintf("plan: door %q shares datagram port %s with door %q but matches its packets otherwise", door, port, g.doors[0]))
+			}
+			g.doors = append(g.doors, door)
+			return
+		}
+	}
+	d := b.door(door)
+	d.datagrams = append(d.datagrams, datagram{port: port, when: when, shared: true, doors: []string{door}})
 }
 
 // SizedDatagram is Datagram for a format whose every datagram has size
@@ -335,7 +416,7 @@ func (b *Builder) Datagram(door string, port config.Port, when []expr.Any) {
 // nothing of another size costs the daemon anything.
 func (b *Builder) SizedDatagram(door string, port config.Port, size uint16, when []expr.Any) {
 	d := b.door(door)
-	d.datagrams = append(d.datagrams, datagram{port: port, when: when, size: size})
+	d.datagrams = append(d.datagrams, datagram{port: port, when: when, size: size, doors: []string{door}})
 }
 
 // Build lays the plan out.
@@ -384,8 +465,12 @@ func (b *Builder) sets() []Set {
 				Comment: "door " + d.Name + ": while it holds a family, the door is open to anyone of it"})
 		} else {
 			for _, f := range families {
-				add(Set{Name: SetName(d.Name, f.v6), Door: d.Name, Role: RoleGrant, Key: f.key, Size: size,
-					Comment: "door " + d.Name + ": " + f.name + " sources let in by a knock"})
+				key, what := f.key, " sources let in by a knock"
+				if d.PerPort {
+					key, what = PortKey(f.v6), " sources let in, each to the port it asked for"
+				}
+				add(Set{Name: SetName(d.Name, f.v6), Door: d.Name, Role: RoleGrant, Key: key, Size: size,
+					Comment: "door " + d.Name + ": " + f.name + what})
 			}
 		}
 		if r := d.rotating; r != nil {
@@ -437,6 +522,8 @@ func PortElements(ports []uint16) []nftables.SetElement {
 //     so a session outlives the grant that let it in;
 //  4. per door and opened port, accept sources in the door's sets (or
 //     everyone, while an open_to = "anyone" door's set holds the family);
+//     a door that grants per port has one rule a family instead, whose
+//     set's elements name the address, protocol and port;
 //  5. per distinct opened port, drop everything else.
 //
 // Ports keep the order in which the config first names them.
@@ -490,6 +577,17 @@ func (b *Builder) gate(setID map[string]uint32) []Rule {
 	}
 
 	for _, d := range b.doors {
+		if d.PerPort && !d.Anyone {
+			// One rule a family: the element names the port.
+			for _, f := range families {
+				name := SetName(d.Name, f.v6)
+				rules = append(rules, Rule{
+					Exprs:   concat(MatchSaddrPortInSet(name, setID[name], f.v6), counterVerdict(expr.VerdictAccept)),
+					Comment: "door " + d.Name + ": each source to the ports it was granted",
+				})
+			}
+			continue
+		}
 		for _, p := range distinct(d.Open) {
 			if d.Anyone {
 				name := AnyoneSetName(d.Name)
@@ -562,13 +660,17 @@ func (b *Builder) capture(setID map[string]uint32) []Rule {
 	for _, d := range b.doors {
 		for _, g := range d.datagrams {
 			p := g.port
+			who := "door " + d.Name
+			if len(g.doors) > 1 {
+				who = "doors " + strings.Join(g.doors, ", ")
+			}
 			for _, f := range families {
 				rules = append(rules, Rule{
 					Exprs:   overRate(MatchPort(p), f.v6, setID),
-					Comment: fmt.Sprintf("door %s: SPA port %s: a source sending over %d a second is not heard", d.Name, p, knockRate),
+					Comment: fmt.Sprintf("%s: SPA port %s: a source sending over %d a second is not heard", who, p, knockRate),
 				})
 			}
-			match, what := MatchPort(p), "door "+d.Name+": single-packet authorization"
+			match, what := MatchPort(p), who+": single-packet authorization"
 			if g.size != 0 {
 				match = MatchPortAndLength(p, udpHeader+g.size)
 				what += fmt.Sprintf(" (%d-byte datagrams only)", g.size)
@@ -578,7 +680,7 @@ func (b *Builder) capture(setID map[string]uint32) []Rule {
 				Comment: what,
 			}, Rule{
 				Exprs:   concat(MatchPort(p), counterVerdict(expr.VerdictDrop)),
-				Comment: "door " + d.Name + ": SPA port " + p.String() + ": filtered, nothing answers",
+				Comment: who + ": SPA port " + p.String() + ": filtered, nothing answers",
 			})
 		}
 	}
@@ -785,11 +887,11 @@ func distinct(ports []config.Port) []config.Port {
 	return out
 }
 
-func pick(v6 bool, v4name, v6name string) string {
+func pick[T any](v6 bool, v4, v6v T) T {
 	if v6 {
-		return v6name
+		return v6v
 	}
-	return v4name
+	return v4
 }
 
 // clip shortens s to maxComment bytes, marking the cut.

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -42,6 +43,8 @@ func TestBuildersGolden(t *testing.T) {
 		{"ct state established,related", ctEstablished()},
 		{"add @knock_rate_v4 { ip saddr limit rate over 10/second burst 20 packets } counter drop", overRate(nil, false, ids)},
 		{"tcp dport @rot_first", matchPortInSet(config.TCP, "rot_first", 3)},
+		{"ip saddr . meta l4proto . th dport @fw_v4", MatchSaddrPortInSet("fw_v4", 4, false)},
+		{"ip6 saddr . meta l4proto . th dport @fw_v6", MatchSaddrPortInSet("fw_v6", 5, true)},
 	} {
 		fmt.Fprintf(&got, "# %s\n", b.name)
 		for _, e := range b.exprs {
@@ -138,4 +141,96 @@ func TestSharedKnockStepsOnce(t *testing.T) {
 			t.Errorf("set %s of size %d", s.Name, s.Size)
 		}
 	}
+}
+
+// TestPerPortDoor: a door that grants per port has concatenated grant
+// sets, one accept rule a family that looks the address, protocol and
+// port up together, and the drop of each of its ports; its elements'
+// keys are laid out as the kernel's, and Grantee reads them back.
+func TestPerPortDoor(t *testing.T) {
+	fw := Door{Name: "fw", Open: []config.Port{tcp(22), tcp(2222)}, MaxGrants: 16, PerPort: true}
+	b := NewBuilder("nftknock", 7113, func(d string) string { return d + "/1" })
+	b.Door(fw)
+	p := b.Build()
+	var keys []string
+	for _, s := range p.Sets {
+		if s.Door == "fw" {
+			keys = append(keys, s.Name+" "+s.Key.Name)
+		}
+	}
+	if want := "fw_v4 ipv4_addr . inet_proto . inet_service|fw_v6 ipv6_addr . inet_proto . inet_service"; strings.Join(keys, "|") != want {
+		t.Errorf("sets %q, want %q", keys, want)
+	}
+	var comments []string
+	for _, r := range p.Chains[0].Rules {
+		comments = append(comments, r.Comment)
+	}
+	if want := []string{
+		"loopback is never gated",
+		"door fw: connections already let in stay up", "door fw: connections already let in stay up",
+		"door fw: each source to the ports it was granted", "door fw: each source to the ports it was granted",
+		"closed to everyone else", "closed to everyone else",
+	}; strings.Join(comments, "|") != strings.Join(want, "|") {
+		t.Errorf("rules:\n%s\nwant:\n%s", strings.Join(comments, "\n"), strings.Join(want, "\n"))
+	}
+
+	for _, c := range []struct {
+		addr string
+		key  string
+	}{
+		{"192.0.2.2", "c0000202" + "06000000" + "00160000"},
+		{"2001:db8::2", "20010db8000000000000000000000002" + "06000000" + "00160000"},
+	} {
+		a := netip.MustParseAddr(c.addr)
+		set, key := fw.GrantSet(a, config.TCP, 22)
+		if set != SetName("fw", a.Is6()) || hex.EncodeToString(key) != c.key {
+			t.Errorf("GrantSet(%s, tcp, 22) = %s %x, want %s %s", a, set, key, SetName("fw", a.Is6()), c.key)
+		}
+		if got, proto, port, ok := fw.Grantee(key); !ok || got != a || proto != config.TCP || port != 22 {
+			t.Errorf("Grantee(%x) = %s %v %d %v", key, got, proto, port, ok)
+		}
+	}
+	if _, _, _, ok := fw.Grantee([]byte{1, 2, 3, 4}); ok {
+		t.Error("Grantee took a plain address key for a per-port door's")
+	}
+	ssh := Door{Name: "ssh"}
+	if _, key := ssh.GrantSet(netip.MustParseAddr("192.0.2.2"), config.TCP, 22); hex.EncodeToString(key) != "c0000202" {
+		t.Errorf("a door of all its ports keys on the address alone: %x", key)
+	}
+}
+
+// TestSharedDatagramLoggedOnce: doors that share a datagram port get one
+// rate limit, one log rule (under the first door's prefix) and one drop,
+// whose comments name them all.
+func TestSharedDatagramLoggedOnce(t *testing.T) {
+	b := NewBuilder("nftknock", 7113, func(d string) string { return d + "/1" })
+	port := config.Port{Num: 62201, Proto: config.UDP}
+	for _, name := range []string{"fw", "fw_2"} {
+		b.Door(Door{Name: name, Open: []config.Port{tcp(22)}, MaxGrants: 16, PerPort: true})
+		b.SharedDatagram(name, port, nil)
+	}
+	var logs, spa []string
+	for _, r := range b.Build().Chains[0].Rules {
+		for _, e := range r.Exprs {
+			if l, ok := e.(*expr.Log); ok {
+				logs = append(logs, string(l.Data))
+			}
+		}
+		if strings.Contains(r.Comment, "62201") || strings.Contains(r.Comment, "single-packet") {
+			spa = append(spa, r.Comment)
+		}
+	}
+	if strings.Join(logs, "|") != "fw/1" {
+		t.Errorf("logged under %q, want once under fw/1", logs)
+	}
+	if len(spa) != 4 || !strings.HasPrefix(spa[2], "doors fw, fw_2: ") {
+		t.Errorf("rules of the shared port: %q", spa)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("a door that matches the shared port's packets otherwise was taken")
+		}
+	}()
+	b.Door(Door{Name: "fw_3", Open: []config.Port{tcp(23)}, MaxGrants: 16, PerPort: true})
+	b.SharedDatagram("fw_3", port, DoorMatch("eth0", config.TCPFlags{}, config.UDP))
 }

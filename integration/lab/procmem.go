@@ -1,0 +1,83 @@
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// MemSampler reads a process's peak resident memory (VmHWM) and its
+// resident memory (VmRSS) from /proc every 100 ms, for benchmarks that
+// report a daemon's peak RSS.
+type MemSampler struct {
+	quit     chan struct{}
+	done     chan struct{}
+	once     sync.Once
+	hwm, rss int64
+}
+
+// SampleMem starts sampling pid.
+func SampleMem(pid int) *MemSampler {
+	s := &MemSampler{quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if hwm, rss, err := MemStatus(pid); err == nil {
+				s.hwm, s.rss = max(s.hwm, hwm), max(s.rss, rss)
+			}
+			select {
+			case <-s.quit:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return s
+}
+
+// Stop ends sampling (after one last sample) and returns the highest
+// VmHWM and VmRSS seen, in bytes. It may be called more than once.
+func (s *MemSampler) Stop() (hwm, rss int64) {
+	s.once.Do(func() { close(s.quit) })
+	<-s.done
+	return s.hwm, s.rss
+}
+
+// MemStatus returns VmHWM and VmRSS of pid, in bytes.
+func MemStatus(pid int) (hwm, rss int64, err error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	found := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		key, val, ok := strings.Cut(line, ":")
+		if !ok || (key != "VmHWM" && key != "VmRSS") {
+			continue
+		}
+		f := strings.Fields(val) // "12345 kB"
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, 0, fmt.Errorf("/proc/%d/status: %q", pid, line)
+		}
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, 0, err
+		}
+		if key == "VmHWM" {
+			hwm = n << 10
+		} else {
+			rss = n << 10
+		}
+		found++
+	}
+	if found != 2 {
+		return 0, 0, errors.New("no VmHWM/VmRSS in /proc status")
+	}
+	return hwm, rss, nil
+}

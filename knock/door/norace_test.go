@@ -1,0 +1,5 @@
+//go:build !race
+
+package door
+
+const raceEnabled = false
