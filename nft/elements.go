@@ -193,7 +193,7 @@ func (f *Firewall) Delete(set string, keys [][]byte) error {
 // rotating door's window turn rewrites.
 func (f *Firewall) Replace(set string, keys [][]byte) error {
 	batch, err := f.build(func(c *nftables.Conn) error {
-		s := &nftables.Set{Table: f.table, Name: set}
+		s := &nftables.Set{Table: f.table, Name: f.setName(set)}
 		c.FlushSet(s)
 		if len(keys) == 0 {
 			return nil
@@ -220,7 +220,7 @@ func (f *Firewall) Read(set string) ([]Element, error) {
 	if err != nil {
 		return nil, err
 	}
-	elems, err := c.GetSetElements(&nftables.Set{Table: f.table, Name: set})
+	elems, err := c.GetSetElements(&nftables.Set{Table: f.table, Name: f.setName(set)})
 	if err != nil {
 		f.reset()
 		return nil, fmt.Errorf("read set %s: %w", set, err)
