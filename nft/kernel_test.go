@@ -89,8 +89,8 @@ func freshListing(t *testing.T, p *plan.Plan) string {
 func TestKernelInstallLoadsLikeNft(t *testing.T) {
 	t.Parallel()
 	for name, p := range map[string]*plan.Plan{
-		"default": defaultPlan("nftknock"),
-		"shared":  sharedPlan("nftknock"),
+		"default":  defaultPlan("nftknock"),
+		"shared":   sharedPlan("nftknock"),
 		"doors":    planOf("nftknock", sshDoor(), vpnDoor(), rotDoor()),
 		"forward":  forwardPlan("nftknock"),
 		"attached": attachedPlan("nftknock"),

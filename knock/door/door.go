@@ -120,7 +120,12 @@ type Maker interface {
 
 // Gate is the gate of d: what it opens, to whom.
 func Gate(d *config.Door) plan.Door {
-	return plan.Door{Name: d.Name, Open: d.Open, Anyone: d.OpenToAnyone, AlwaysAllow: d.AlwaysAllow, MaxGrants: d.MaxGrants}
+	g := plan.Door{Name: d.Name, Open: d.Open, Anyone: d.OpenToAnyone, AlwaysAllow: d.AlwaysAllow, MaxGrants: d.MaxGrants,
+		To: d.To, ForwardTo: d.ForwardTo}
+	if d.Hook == config.HookForward {
+		g.Hook = plan.HookForward
+	}
+	return g
 }
 
 // fieldError is a problem with a file a door's field names.

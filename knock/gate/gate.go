@@ -55,6 +55,12 @@ type Firewall interface {
 	Watch() (Watcher, error)
 }
 
+// jumpChecker is what an attached nft.Firewall does besides: say whether
+// the admin's ruleset jumps to the daemon's chains (nft.Firewall.Jumps).
+type jumpChecker interface {
+	Jumps() ([]nft.Jump, error)
+}
+
 // Watcher is what the gate needs of nft.Watcher.
 type Watcher interface {
 	C() <-chan struct{}
@@ -132,9 +138,12 @@ type Gate struct {
 	// door, for its on_close hook (its grant stands for everyone).
 	lastSource map[string]netip.Addr
 	watch      Watcher
-	backoff    time.Duration
-	retryAt    time.Time
-	pending    nft.Change // changes to look at again at retryAt
+	// unjumped are the daemon's chains the admin's ruleset does not jump
+	// to, as last reported (attach mode).
+	unjumped map[string]bool
+	backoff  time.Duration
+	retryAt  time.Time
+	pending  nft.Change // changes to look at again at retryAt
 }
 
 // healRun is a heal under way: when it began and how many grants it put
@@ -394,7 +403,39 @@ func (g *Gate) install(p *plan.Plan, doors []*config.Door) error {
 		}
 	}
 	g.seeded = true
+	g.unjumped = nil
+	g.checkJumps()
 	return nil
+}
+
+// checkJumps says, in attach mode, when the admin's ruleset does not jump
+// to one of the daemon's chains (its rules are then never run: nothing is
+// gated, no knock is heard), and when it does again. It reads the
+// ruleset; it never adds the jump, which is the admin's to write.
+func (g *Gate) checkJumps() {
+	jc, ok := g.fw.(jumpChecker)
+	if !ok {
+		return
+	}
+	jumps, err := jc.Jumps()
+	if err != nil {
+		g.log.Warn("could not check that your ruleset jumps to nftknock's chain", zap.Error(err))
+		return
+	}
+	was := g.unjumped
+	g.unjumped = map[string]bool{}
+	for _, j := range jumps {
+		switch {
+		case !j.Present:
+			g.unjumped[j.Chain] = true
+			if was == nil || !was[j.Chain] {
+				g.log.Warn("your ruleset does not jump to nftknock's chain: its rules never run, so nothing is gated and no knock is heard; add `jump "+j.Chain+"` as the first rule of your chain (and `chain "+j.Chain+" {}` to your ruleset file)",
+					zap.String("chain", j.Chain), zap.String("from", j.From))
+			}
+		case was != nil && was[j.Chain]:
+			g.log.Info("your ruleset jumps to nftknock's chain again", zap.String("chain", j.Chain), zap.Stringer("jump", j))
+		}
+	}
 }
 
 // grantsIn lists the ledger's live grants that set holds.
@@ -762,7 +803,11 @@ func (g *Gate) changes() {
 			return
 		}
 		if healed {
+			g.checkJumps()
 			return // the ledger is the truth the table was rebuilt from
+		}
+		if ch&nft.ChangedRuleset != 0 {
+			g.checkJumps() // the admin may have edited their chain
 		}
 	}
 	now := g.now()
