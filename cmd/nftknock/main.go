@@ -57,9 +57,9 @@ type env struct {
 	stdin          io.Reader
 	// open opens the daemon's table, or attached (attach not nil), its
 	// chain and sets in the admin's table.
-	open func(table string, attach *nft.Attach) (*nft.Firewall, error)
-	now            func() time.Time
-	getenv         func(string) string
+	open   func(table string, attach *nft.Attach) (*nft.Firewall, error)
+	now    func() time.Time
+	getenv func(string) string
 }
 
 // env returns the environment variable key.

@@ -38,7 +38,7 @@ seq_timeout = "5s"
 open = ["22:tcp", "8443:tcp"]
 open_for = "1h"
 `,
-		"ruleset_forward": ssh + forwardDoors,
+		"ruleset_forward":  ssh + forwardDoors,
 		"ruleset_attached": "attach = \"inet filter input\"\n" + ssh + forwardDoors,
 		"ruleset_doors": ssh + `
 [[door]]
