@@ -527,3 +527,130 @@ func TestAdminPolicyDropKeepsGrantedPortClosed(t *testing.T) {
 		}
 	}
 }
+
+// attachedSSH is the ssh door attached to the admin's ruleset.
+func attachedSSH(openFor string) string {
+	return "attach = \"inet filter input\"\n" + sshDoor("5s", openFor)
+}
+
+// attachedElement returns the element for addr in the daemon's set (its
+// name in the admin's table: nftknock_<set>).
+func attachedElement(t *testing.T, l *lab.Lab, set string, addr netip.Addr) lab.Element {
+	t.Helper()
+	els, err := l.Elements("filter", "nftknock_"+set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range els {
+		if e.Addr == addr {
+			return e
+		}
+	}
+	t.Fatalf("set nftknock_%s holds %v, not %s", set, els, addr)
+	return lab.Element{}
+}
+
+// TestAttachedToAdminPolicyDrop: attached (attach = "inet filter
+// input"), the daemon's rules sit in chain nftknock of the admin's own
+// table, which its input chain jumps to first, past its `policy drop`
+// that does not allow 22: port 22 filtered before a knock, open to the
+// knocking source after it, over IPv4 and IPv6, and to no one else; the
+// admin's chains are as they wrote them. `nft -f` of their file (which
+// flushes the ruleset) is healed with the grants kept, for the time they
+// had left. A ruleset without the jump: the daemon and `nftknock status`
+// say so, and a knock then opens nothing; with the jump back, it does.
+// Closed again after open_for.
+func TestAttachedToAdminPolicyDrop(t *testing.T) {
+	l := newLab(t)
+	nstest.Require(t, "nft")
+	// Started on a ruleset without the jump, the daemon says so.
+	noJump := strings.Replace(neighbours.AttachedAdminRuleset, "\t\tjump nftknock\n", "", 1)
+	if err := neighbours.LoadRuleset(l.Server, noJump); err != nil {
+		t.Fatal(err)
+	}
+	cfg := writeConfig(t, "", attachedSSH("12s"))
+	d := startDaemon(t, l, cfg)
+	if !containsAll(d.Log(), "your ruleset does not jump to nftknock's chain", `"chain": "nftknock"`, `"from": "input"`) {
+		t.Errorf("started without the jump, the daemon did not say so:\n%s", d.Log())
+	}
+	mark := markLog(d)
+	if err := neighbours.LoadRuleset(l.Server, neighbours.AttachedAdminRuleset); err != nil {
+		t.Fatal(err)
+	}
+	mark.wait(t, 5*time.Second, "your ruleset jumps to nftknock's chain again")
+	adminChain := func() string {
+		out, err := lab.Run(l.Server, "nft", "list", "chain", "inet", "filter", "input")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return counterRE.ReplaceAllString(out, "")
+	}
+	before := adminChain()
+	if tables, _ := lab.Run(l.Server, "nft", "list", "tables"); strings.TrimSpace(tables) != "table inet filter" {
+		t.Errorf("nft list tables: %q, want the admin's table alone", tables)
+	}
+
+	mustFiltered(t, l, lab.ClientV4, ssh4)
+	mustFiltered(t, l, lab.ClientV6, ssh6)
+	mustKnock(t, l, false, 0, "7000", "8000:udp", "9000")
+	mustKnock(t, l, true, 0, "7000", "8000:udp", "9000")
+	mustOpen(t, l, lab.ClientV4, ssh4)
+	mustOpen(t, l, lab.ClientV6, ssh6)
+	mustFiltered(t, l, lab.Client2V4, ssh4)
+	mustFiltered(t, l, lab.Client2V6, ssh6)
+	if got := adminChain(); got != before {
+		t.Errorf("the admin's input chain changed:\n%s\nwant\n%s", got, before)
+	}
+	if n := rulePackets(t, l, []string{"inet", "filter", "nftknock"}, "dport 22", "@nftknock_ssh_v4", "accept"); n == 0 {
+		t.Error("nftknock's accept for knocked IPv4 sources counted no packet")
+	}
+	status, code := runNftknock(t, l, "status", "-config", cfg)
+	if code != 0 || !strings.Contains(status, "chain nftknock in table inet filter: installed; doors: ssh") ||
+		!strings.Contains(status, "jump: `jump nftknock` is rule 1 of") || !strings.Contains(status, lab.ClientV4.String()) {
+		t.Errorf("nftknock status: exit %d:\n%s", code, status)
+	}
+
+	// nft -f of the admin's file: healed, grants kept.
+	left := attachedElement(t, l, "ssh_v4", lab.ClientV4).Expires
+	mark = markLog(d)
+	if err := neighbours.LoadRuleset(l.Server, neighbours.AttachedAdminRuleset); err != nil {
+		t.Fatal(err)
+	}
+	mark.wait(t, 5*time.Second, "re-installed with 2 live grants restored")
+	if e := attachedElement(t, l, "ssh_v4", lab.ClientV4); e.Expires > left || e.Timeout != 12*time.Second {
+		t.Errorf("after nft -f: %+v, want the 12s grant with at most %v left", e, left)
+	}
+	attachedElement(t, l, "ssh_v6", lab.ClientV6)
+	mustOpen(t, l, lab.ClientV4, ssh4)
+	mustOpen(t, l, lab.ClientV6, ssh6)
+	mustFiltered(t, l, lab.Client2V4, ssh4)
+
+	// Their file without the jump: the daemon and status say so, and
+	// nothing is gated or heard (22 is dropped by their policy, the knock
+	// opens nothing).
+	mark = markLog(d)
+	if err := neighbours.LoadRuleset(l.Server, noJump); err != nil {
+		t.Fatal(err)
+	}
+	mark.wait(t, 5*time.Second, "your ruleset does not jump to nftknock's chain", `"from": "input"`)
+	status, _ = runNftknock(t, l, "status", "-config", cfg)
+	if !strings.Contains(status, "jump MISSING: no `jump nftknock` in chain input") {
+		t.Errorf("nftknock status without the jump:\n%s", status)
+	}
+	mark = markLog(d)
+	mustKnock(t, l, false, 0, "7000", "8000:udp", "9000")
+	time.Sleep(300 * time.Millisecond)
+	if strings.Contains(mark.since(), "knock stage reached") {
+		t.Errorf("a knock was heard without the jump:\n%s", mark.since())
+	}
+	mark = markLog(d)
+	if err := neighbours.LoadRuleset(l.Server, neighbours.AttachedAdminRuleset); err != nil {
+		t.Fatal(err)
+	}
+	mark.wait(t, 5*time.Second, "your ruleset jumps to nftknock's chain again")
+	mustOpen(t, l, lab.ClientV4, ssh4)
+
+	// After open_for, closed again.
+	time.Sleep(attachedElement(t, l, "ssh_v4", lab.ClientV4).Expires + 500*time.Millisecond)
+	mustFiltered(t, l, lab.ClientV4, ssh4)
+}
