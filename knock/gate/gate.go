@@ -656,6 +656,9 @@ func (g *Gate) opened(q *Grant, now time.Time) {
 	}
 	fields := []zap.Field{zap.String("door", d.Name), zap.Stringer("source", q.Source), zap.String("to", to),
 		zap.Duration("for", d.OpenFor), zap.Stringers("ports", d.Open)}
+	if len(d.ForwardTo) > 0 {
+		fields = append(fields, zap.Stringers("forward_to", d.ForwardTo))
+	}
 	if q.By != "" {
 		fields = append(fields, zap.String("key", q.By))
 	}
