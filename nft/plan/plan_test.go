@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -41,10 +42,17 @@ func TestBuildersGolden(t *testing.T) {
 		{"ct state established,related", ctEstablished()},
 		{"add @knock_rate_v4 { ip saddr limit rate over 10/second burst 20 packets } counter drop", overRate(nil, false, ids)},
 		{"tcp dport @rot_first", matchPortInSet(config.TCP, "rot_first", 3)},
+		{"meta l4proto tcp ct status dnat ct original proto-dst 8443", target{kind: targetDNAT, port: tcp(8443)}.match()},
+		{"meta l4proto udp ct status dnat ct original proto-dst 60000-61000", target{kind: targetDNAT, port: config.Port{Num: 60000, Last: 61000, Proto: config.UDP}}.match()},
+		{"ct original ip daddr 203.0.113.5 meta l4proto tcp ct original proto-dst 2222", target{kind: targetOriginal, port: tcp(2222), addr: netip.MustParseAddr("203.0.113.5")}.match()},
+		{"ct original ip6 daddr 2001:db8::5", CtOriginalDaddr(netip.MustParseAddr("2001:db8::5"))},
+		{"ip daddr 192.168.1.10 tcp dport 22", target{kind: targetPacket, port: tcp(22), addr: netip.MustParseAddr("192.168.1.10")}.match()},
+		{"ip6 daddr 2001:db8:1::10 tcp dport 22", target{kind: targetPacket, port: tcp(22), addr: netip.MustParseAddr("2001:db8:1::10")}.match()},
+		{"(after ip daddr) ip saddr", target{kind: targetPacket, port: tcp(22), addr: netip.MustParseAddr("192.168.1.10")}.saddr(false)},
 	} {
 		fmt.Fprintf(&got, "# %s\n", b.name)
 		for _, e := range b.exprs {
-			data, err := expr.Marshal(byte(0), e)
+			data, err := MarshalExpr(byte(0), e)
 			if err != nil {
 				t.Fatal(err)
 			}
