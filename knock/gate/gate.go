@@ -530,7 +530,7 @@ func (g *Gate) healed() {
 	h := g.healing
 	g.healing = nil
 	g.log.Warn(fmt.Sprintf("table gone: re-installed with %d live grants restored", h.restored),
-		zap.String("table", "inet "+g.plan.Table), zap.Duration("took", g.now().Sub(h.start)))
+		g.where(), zap.Duration("took", g.now().Sub(h.start)))
 }
 
 // grants writes r and every grant request queued behind it, set by set.
@@ -801,7 +801,7 @@ func (g *Gate) changes() {
 		healed, err := g.heal(ch)
 		if err != nil {
 			g.log.Error("the table is damaged or could not be checked, and re-installing it failed; retrying",
-				zap.String("table", "inet "+g.plan.Table), zap.Duration("retry_in", g.backoff), zap.Error(err))
+				g.where(), zap.Duration("retry_in", g.backoff), zap.Error(err))
 			g.again(ch)
 			return
 		}
@@ -861,7 +861,7 @@ func (g *Gate) heal(seen nft.Change) (bool, error) {
 	g.backoff = healRetryMin
 	g.healing = &healRun{start: start}
 	g.log.Info("the table was damaged or deleted: its rules and sets are back; putting its grants back",
-		zap.String("table", "inet "+g.plan.Table), zap.Stringer("seen", seen), zap.Int("grants", len(restore)),
+		g.where(), zap.Stringer("seen", seen), zap.Int("grants", len(restore)),
 		zap.Duration("gate_back_in", g.now().Sub(start)))
 	if len(restore) > 0 {
 		g.restoreChunk()
@@ -869,6 +869,15 @@ func (g *Gate) heal(seen nft.Change) (bool, error) {
 		g.healed()
 	}
 	return true, nil
+}
+
+// where names what the gate installed, for its log lines: its table, or
+// attached, its chain in the admin's table.
+func (g *Gate) where() zap.Field {
+	if g.plan.Attached {
+		return zap.String("chain", g.plan.Table)
+	}
+	return zap.String("table", "inet "+g.plan.Table)
 }
 
 // withPorts is p with the port sets holding what they were last told.
