@@ -28,10 +28,17 @@ import (
 // a grant. Kept reports which sets stayed; a grant set that did not is
 // empty, and the caller puts back what it knows of its grants. The table
 // is the daemon's alone; no other table is touched.
+//
+// Attached (OpenAttached), the same goes for the daemon's chains and sets
+// in the admin's table, and for nothing else of it: the table is neither
+// added nor deleted, the admin's chains and sets are not touched, and the
+// daemon's chains are flushed and refilled rather than deleted (the
+// admin's chain jumps to them). An admin's table that is not there is an
+// error.
 func (f *Firewall) Install(p *plan.Plan) (kept map[string]bool, err error) {
 	kept, err = f.install(p)
 	if err != nil {
-		return nil, fmt.Errorf("install table %q: %w", f.table.Name, err)
+		return nil, fmt.Errorf("install %s: %w", f.Where(), err)
 	}
 	return kept, nil
 }

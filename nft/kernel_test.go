@@ -521,7 +521,7 @@ func TestKernelFailedInstall(t *testing.T) {
 	if err == nil {
 		t.Fatal("Install with a 303-byte set name succeeded")
 	}
-	if !strings.Contains(err.Error(), `install table "nftknock"`) {
+	if !strings.Contains(err.Error(), `install table inet nftknock`) {
 		t.Errorf("error lacks context: %v", err)
 	}
 	t.Logf("rejected as expected: %v", err)

@@ -1,7 +1,9 @@
 // Package nft is all of nftknock's talk with nf_tables.
 //
-// The daemon owns one `table inet <name>`. Install writes a plan (package
-// nft/plan) into it in one atomic batch: the sets, the chain and its rules,
+// The daemon owns one `table inet <name>`, or in attach mode a chain of
+// that name and sets prefixed <name>_ in an admin's table (OpenAttached).
+// Install writes a plan (package nft/plan) into it in one atomic batch: the
+// sets, the chains and their rules,
 // keeping the sets of grants that are still configured with their live
 // elements. Put, Replace and Delete write elements: a grant is an element
 // with a timeout, which the kernel removes when it runs out, so a grant
