@@ -557,9 +557,10 @@ func attachedElement(t *testing.T, l *lab.Lab, set string, addr netip.Addr) lab.
 // knocking source after it, over IPv4 and IPv6, and to no one else; the
 // admin's chains are as they wrote them. `nft -f` of their file (which
 // flushes the ruleset) is healed with the grants kept, for the time they
-// had left. A ruleset without the jump: the daemon and `nftknock status`
-// say so, and a knock then opens nothing; with the jump back, it does.
-// Closed again after open_for.
+// had left; a restart of the daemon keeps them too. A ruleset without the
+// jump (at start, or loaded later): the daemon and `nftknock status` say
+// so, and a knock then is not heard; with the jump back, the gate works
+// again. Closed again after open_for.
 func TestAttachedToAdminPolicyDrop(t *testing.T) {
 	l := newLab(t)
 	nstest.Require(t, "nft")
@@ -569,7 +570,17 @@ func TestAttachedToAdminPolicyDrop(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := writeConfig(t, "", attachedSSH("12s"))
-	d := startDaemon(t, l, cfg)
+	d, err := l.StartDaemon(daemonBin, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := d
+	t.Cleanup(func() {
+		first.Kill()
+		if t.Failed() {
+			t.Logf("the first nftknockd's log:\n%s", first.Log())
+		}
+	})
 	if !containsAll(d.Log(), "your ruleset does not jump to nftknock's chain", `"chain": "nftknock"`, `"from": "input"`) {
 		t.Errorf("started without the jump, the daemon did not say so:\n%s", d.Log())
 	}
@@ -624,6 +635,17 @@ func TestAttachedToAdminPolicyDrop(t *testing.T) {
 	mustOpen(t, l, lab.ClientV4, ssh4)
 	mustOpen(t, l, lab.ClientV6, ssh6)
 	mustFiltered(t, l, lab.Client2V4, ssh4)
+
+	// A restart keeps the grants, with the time they had left.
+	left = attachedElement(t, l, "ssh_v4", lab.ClientV4).Expires
+	if err := d.Stop(); err != nil {
+		t.Fatalf("SIGTERM: want exit 0: %v", err)
+	}
+	d = startDaemon(t, l, cfg)
+	if e := attachedElement(t, l, "ssh_v4", lab.ClientV4); e.Expires > left || e.Timeout != 12*time.Second {
+		t.Errorf("after a restart: %+v, want the 12s grant with at most %v left", e, left)
+	}
+	mustOpen(t, l, lab.ClientV4, ssh4)
 
 	// Their file without the jump: the daemon and status say so, and
 	// nothing is gated or heard (22 is dropped by their policy, the knock
