@@ -626,7 +626,7 @@ func (b *Builder) capture(setID map[string]uint32) []Rule {
 					&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
 				}, MatchSaddrInSet(sf.name, setID[sf.name], sf.v6), []expr.Any{
 					&expr.Counter{},
-					&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: b.group, Data: []byte(ScanPrefix)},
+					&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: b.group, Data: logPrefix(ScanPrefix)},
 				}),
 				Comment: "a knocking source tried another port: its knock is broken off",
 			})
@@ -647,8 +647,17 @@ func (b *Builder) capture(setID map[string]uint32) []Rule {
 func (b *Builder) log(door string) []expr.Any {
 	return []expr.Any{
 		&expr.Counter{},
-		&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: b.group, Data: []byte(b.prefix(door))},
+		&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: b.group, Data: logPrefix(b.prefix(door))},
 	}
+}
+
+// logPrefix is a log expression's prefix, with no spare capacity:
+// google/nftables v0.3.0 marshals it as append(Data, 0), which would
+// write into spare capacity of the plan's own slice, a data race when two
+// goroutines marshal one plan.
+func logPrefix(s string) []byte {
+	b := []byte(s)
+	return b[:len(b):len(b)]
 }
 
 // knockRules are a door's rules for one knock step: the kernel matches
