@@ -82,6 +82,10 @@ type Config struct {
 	// SPA doors open their datagrams with (read by the daemon); "" if
 	// none is configured.
 	ServerKeyFile string
+	// Attach, if set, is the admin's chain the daemon's rules are jumped
+	// to from: its chain (named Table) and sets (prefixed Table_) go in
+	// the admin's table instead of a table of its own.
+	Attach *Attach
 	// Doors are the configured doors, in file order.
 	Doors []Door
 }
@@ -112,6 +116,16 @@ type Door struct {
 	OnOpen, OnClose []string
 	// HookTimeout bounds each hook's run.
 	HookTimeout time.Duration
+	// Hook is where the door gates: the input hook (connections to the
+	// host) or the forward hook (connections it routes, and its opened
+	// ports on the input hook too).
+	Hook Hook
+	// To, on a forward door, narrows Open to connections the client
+	// addressed to one of these addresses (ct original ip daddr).
+	To []netip.Addr
+	// ForwardTo are hosts and ports behind this router that a forward
+	// door gates by their own address.
+	ForwardTo []Dest
 }
 
 // Kind is the part of a door that says what opens it.
@@ -163,7 +177,7 @@ type KindSpec struct {
 var Kinds = []KindSpec{keySPAKind, spaKind, fwknopKind, rotatingKind, sequenceKind}
 
 // commonKeys are the keys every door may have.
-var commonKeys = []string{"name", "interface", "open", "open_to", "open_for", "max_grants", "always_allow", "on_open", "on_close", "hook_timeout"}
+var commonKeys = []string{"name", "interface", "open", "open_to", "open_for", "max_grants", "always_allow", "on_open", "on_close", "hook_timeout", "hook", "to", "forward_to"}
 
 // Error is one problem found in a configuration file.
 type Error struct {
@@ -226,6 +240,7 @@ type rawConfig struct {
 	Table         *string                     `toml:"table"`
 	MaxTracked    *int64                      `toml:"max_tracked"`
 	ServerKeyFile *string                     `toml:"server_key_file"`
+	Attach        *string                     `toml:"attach"`
 	Doors         []map[string]toml.Primitive `toml:"door"`
 }
 
@@ -251,7 +266,7 @@ func ParseWith(file string, data []byte, kinds []KindSpec) (*Config, error) {
 		// Doors are decoded key by key below; only the top level is
 		// left to report here.
 		if len(k) == 1 {
-			v.add(-1, "", k[0], "unknown key (known: nflog_group, table, max_tracked, server_key_file, [[door]])")
+			v.add(-1, "", k[0], "unknown key (known: nflog_group, table, max_tracked, server_key_file, attach, [[door]])")
 		}
 	}
 	cfg := v.config(&raw)
@@ -320,6 +335,13 @@ func (v *validator) config(raw *rawConfig) *Config {
 			cfg.ServerKeyFile = s
 		}
 	}
+	if raw.Attach != nil {
+		a, err := parseAttach(*raw.Attach, cfg.Table)
+		if err != nil {
+			v.add(-1, "", "attach", "%v", err)
+		}
+		cfg.Attach = a
+	}
 	switch {
 	case len(raw.Doors) == 0:
 		v.add(-1, "", "door", "no [[door]] is configured: add one (see nftknockd -print-config)")
@@ -386,7 +408,11 @@ func (v *validator) door(i int, keys map[string]toml.Primitive) Door {
 		}
 		d.Interface = s
 	}
-	d.Open = p.Ports("open", maxOpen, ParsePort, `list what a knock opens, e.g. ["22:tcp"]`)
+	p.parseHook(&d)
+	// A router's door may gate hosts behind it alone (forward_to).
+	if p.Has("open") || len(d.ForwardTo) == 0 {
+		d.Open = p.Ports("open", maxOpen, ParsePort, `list what a knock opens, e.g. ["22:tcp"]`)
+	}
 	switch s, _ := p.String("open_to"); s {
 	case "", "source":
 	case "anyone":

@@ -122,5 +122,8 @@ func parseFwknop(p *DoorParser) Kind {
 	if s, _ := p.String("open_to"); s == "anyone" {
 		p.Errorf("open_to", "an fwknop door opens to the address a request names (-a) or its source (-s), never to anyone: remove open_to")
 	}
+	if s, _ := p.String("hook"); s == "forward" {
+		p.Errorf("hook", "an fwknop door grants per port on the input hook only; a forwarded port needs a knock or SPA door: remove hook")
+	}
 	return f
 }

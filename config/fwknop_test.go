@@ -73,6 +73,7 @@ func TestFwknopDoorRejects(t *testing.T) {
 		{"sequence too", fw("sequence = [\"7000\"]\n"), []string{`a door has either fwknop_port or sequence`}},
 		{"spa_port too", fw("spa_port = \"62202:udp\"\n"), []string{`a door has either spa_port or fwknop_port`}},
 		{"anyone", fw("open_to = \"anyone\"\n"), []string{`open_to: an fwknop door opens to the address a request names`}},
+		{"forward hook", fw("hook = \"forward\"\n"), []string{`hook: an fwknop door grants per port on the input hook only`}},
 		{"empty source", fw("fwknop_source = []\n"), []string{`fwknop_source: empty`}},
 		{"bad source", fw("fwknop_source = [\"192.0.2.1/24\"]\n"), []string{`fwknop_source[0]: "192.0.2.1/24" has host bits set`}},
 		{"age too long", fw("fwknop_max_age = \"2h\"\n"), []string{`fwknop_max_age:`, `longer than`}},

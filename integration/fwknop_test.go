@@ -80,7 +80,8 @@ func portElements(t *testing.T, l *lab.Lab, set string) []string {
 	return els
 }
 
-// waitFiltered waits until from can no longer reach to: a grant ran out.
+// waitFiltered waits until from can no longer reach to: a grant ran out,
+// or a restarted Docker put its rules back.
 func waitFiltered(t *testing.T, l *lab.Lab, from netip.Addr, to netip.AddrPort, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)

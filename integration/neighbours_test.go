@@ -9,11 +9,13 @@ package integration
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,131 +28,198 @@ import (
 	"github.com/nftknock/nftknock/nft"
 )
 
-// What today's input-hook door does to a port Docker publishes (-p
-// 8443:8080), on each of the paths Docker serves it by.
-const (
-	// IPv4: Docker DNATs 8443 to the container in prerouting; the
-	// connection is forwarded, and never meets the input hook. Forward
-	// doors (hook = "forward") are to make this true.
-	dockerV4Gated = false
-	// IPv6: Docker without ip6tables (its default) serves [::]:8443
-	// through docker-proxy, a local socket: the input hook sees it.
-	dockerV6Gated = true
-)
-
-// panelDoor opens a containerised admin panel's published port.
-const panelDoor = `
+// panelDoor opens a containerised admin panel's published port; on the
+// input hook (hook = "input") Docker's DNAT bypasses it, on the forward
+// hook it gates both paths Docker serves the port by. otherDoor opens
+// another port published from the same container port.
+func panelDoor(hook, openFor string) string {
+	return fmt.Sprintf(`
 [[door]]
 name = "panel"
+hook = %q
 sequence = ["7000:tcp", "8000:udp", "9000:tcp"]
 seq_timeout = "5s"
 open = ["8443:tcp"]
+open_for = %q
+`, hook, openFor)
+}
+
+const otherDoor = `
+[[door]]
+name = "other"
+hook = "forward"
+sequence = ["7100:tcp", "8100:udp", "9100:tcp"]
+seq_timeout = "5s"
+open = ["9443:tcp"]
 open_for = "30s"
 `
 
 var (
 	panel4 = netip.AddrPortFrom(lab.ServerV4, 8443)
 	panel6 = netip.AddrPortFrom(lab.ServerV6, 8443)
+	other4 = netip.AddrPortFrom(lab.ServerV4, 9443)
 )
 
-// TestDockerPublishedPortBypassesInputGate: with a door opening 8443:tcp
-// and Docker publishing 8443 from a container, a client that never
-// knocked reaches the container over IPv4 — nftknock's 8443 rules count
-// no packet while Docker's DNAT counts every connection, and FindDNAT
-// names that rule — while over IPv6 the door gates it. Both stay so after
-// `docker restart` of the container and a restart of dockerd.
-func TestDockerPublishedPortBypassesInputGate(t *testing.T) {
+// TestDockerPublishedPortBehindForwardDoor: Docker publishes a container's
+// 8080 as 8443 and as 9443. A door on the input hook for 8443 gates
+// nothing over IPv4 — Docker DNATs the connection to the container and
+// forwards it, nftknock's rules count no packet while Docker's DNAT counts
+// every connection — and `nftknockd -check` and the daemon say so, naming
+// Docker's rule and the fix. Reloaded with hook = "forward", the door
+// gates 8443 on both paths Docker uses: IPv4 through DNAT and the forward
+// hook, IPv6 through docker-proxy on the input hook. Filtered before a
+// knock, open to the knocking source after it (and to no one else), an
+// established connection outlives the grant, closed again after
+// open_for; a grant for 8443 does not open 9443, which maps to the same
+// container port. All the same after `docker restart` of the container
+// and a restart of dockerd.
+func TestDockerPublishedPortBehindForwardDoor(t *testing.T) {
 	l := newLab(t)
 	needTools(t, neighbours.DockerTools...)
-	docker, containerIP := startDockerPanel(t, l)
-	// The container answers on both paths before the gate goes up.
+	docker, containerIP := startDockerPanel(t, l, "8443:8080", "9443:8080")
+	// The container answers on every path before the gate goes up.
 	waitEchoes(t, l, lab.ClientV4, panel4)
 	waitEchoes(t, l, lab.ClientV6, panel6)
-	dnatBefore := dockerDNATPackets(t, l, containerIP)
-	d := startDaemon(t, l, writeConfig(t, "", panelDoor))
+	waitEchoes(t, l, lab.ClientV4, other4)
 
-	// IPv4, from a source that never knocked.
+	// An input door: -check warns, naming Docker's rule and the fix.
+	cfg := writeConfig(t, "", panelDoor("input", "3s")+otherDoor)
+	out, err := lab.Run(l.Server, daemonBin, "-check", "-config", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle := dockerDNATHandle(t, l, containerIP, 8443)
+	wantWarning := fmt.Sprintf(`warning: %s: door "panel": open 8443:tcp: table ip nat chain DOCKER handle %d: tcp dport 8443 dnat to %s:8080 (an iptables DNAT rule): connections to 8443:tcp are DNAT'd and forwarded, never reaching the input hook this door gates, so it gates nothing for them: set hook = "forward" on the door`,
+		cfg, handle, containerIP)
+	if !strings.Contains(out, wantWarning+"\n") || strings.Count(out, "warning:") != 1 {
+		t.Errorf("nftknockd -check:\n%s\nwant the one warning\n%s", out, wantWarning)
+	}
+	d := startDaemon(t, l, cfg)
+	if !strings.Contains(d.Log(), `set hook = "forward" on the door`) {
+		t.Errorf("the daemon did not warn at start:\n%s", d.Log())
+	}
+	dnatBefore := dockerDNATPackets(t, l, containerIP)
 	const attempts = 3
 	for range attempts {
-		if dockerV4Gated {
-			mustFiltered(t, l, lab.ClientV4, panel4)
-		} else if err := echoes(l, lab.ClientV4, panel4); err != nil {
-			t.Errorf("IPv4, never knocked: %v (want the container to answer: the input hook never sees a DNAT'd connection)", err)
+		if err := echoes(l, lab.ClientV4, panel4); err != nil {
+			t.Errorf("input door, IPv4, never knocked: %v (want the container to answer: the input hook never sees a DNAT'd connection)", err)
 		}
 	}
-	if !dockerV4Gated {
-		if n := nftknockPackets(t, l, "dport 8443"); n != 0 {
-			t.Errorf("nftknock's 8443 rules counted %d packets, want 0: the connections were forwarded", n)
-		}
-		if n := dockerDNATPackets(t, l, containerIP) - dnatBefore; n != attempts {
-			t.Errorf("Docker's DNAT to %s:8080 counted %d connections, want %d", containerIP, n, attempts)
-		}
+	if n := nftknockPackets(t, l, "dport 8443"); n != 0 {
+		t.Errorf("nftknock's 8443 rules counted %d packets, want 0: the connections were forwarded", n)
 	}
-	// The warning's finder names Docker's rule, as iptables-nft wrote it.
-	mustFindDockerDNAT(t, l, containerIP)
+	if n := dockerDNATPackets(t, l, containerIP) - dnatBefore; n != attempts {
+		t.Errorf("Docker's DNAT to %s:8080 counted %d connections, want %d", containerIP, n, attempts)
+	}
+	mustFiltered(t, l, lab.ClientV6, panel6) // docker-proxy, on the input hook
 
-	// IPv6, from a source that never knocked, then after a knock.
-	if dockerV6Gated {
-		mustFiltered(t, l, lab.ClientV6, panel6)
-		mustKnock(t, l, true, 0, "7000", "8000:udp", "9000")
-		mustOpen(t, l, lab.ClientV6, panel6)
-		mustFiltered(t, l, lab.Client2V6, panel6)
-		if n := nftknockPackets(t, l, "dport 8443", "@panel_v6"); n == 0 {
-			t.Error("nftknock's rule for knocked IPv6 sources counted no packet")
-		}
-	} else if err := echoes(l, lab.ClientV6, panel6); err != nil {
-		t.Errorf("IPv6, never knocked: %v", err)
-	}
-
-	// An IPv4 knock opens the door, as the log says; today that changes
-	// nothing, since the port was never closed over IPv4.
+	// The same door on the forward hook.
 	mark := markLog(d)
-	mustKnock(t, l, false, 0, "7000", "8000:udp", "9000")
-	mark.wait(t, 2*time.Second, "door opened", `"door": "panel"`, lab.ClientV4.String())
-	element(t, l, "panel_v4", lab.ClientV4)
-	if dockerV4Gated {
-		mustOpen(t, l, lab.ClientV4, panel4)
+	writeConfig(t, cfg, panelDoor("forward", "3s")+otherDoor)
+	if err := d.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	mark.wait(t, 5*time.Second, "reloaded")
+	if strings.Contains(mark.since(), "gates nothing") {
+		t.Errorf("a forward door was warned about:\n%s", mark.since())
+	}
+	mustForwardDoorCycle(t, l, "the reload")
+	if n := rulePackets(t, l, []string{"inet", "nftknock", "forward"}, "proto-dst 8443", "@panel_v4", "accept"); n == 0 {
+		t.Error("nftknock's forward rule for knocked IPv4 sources counted no packet")
+	}
+	if n := nftknockPackets(t, l, "dport 8443", "@panel_v6", "accept"); n == 0 {
+		t.Error("nftknock's input rule for knocked IPv6 sources (docker-proxy) counted no packet")
 	}
 
-	// The same after a restart of the container, and of dockerd, from the
-	// second addresses, which never knocked.
-	checkNeverKnocked := func(after string) {
-		t.Helper()
-		if dockerV4Gated {
-			mustFiltered(t, l, lab.Client2V4, panel4)
-		} else {
-			waitEchoes(t, l, lab.Client2V4, panel4)
-		}
-		if dockerV6Gated {
-			mustFiltered(t, l, lab.Client2V6, panel6)
-		} else {
-			waitEchoes(t, l, lab.Client2V6, panel6)
-		}
-		if t.Failed() {
-			t.Logf("after %s", after)
-		}
-	}
-	checkNeverKnocked("the knock")
 	start := time.Now()
 	if err := docker.RestartContainer("panel"); err != nil {
 		t.Fatal(err)
 	}
-	checkNeverKnocked("docker restart panel")
 	t.Logf("docker restart: %s", time.Since(start).Round(time.Millisecond))
+	waitFiltered(t, l, lab.Client2V4, panel4, 10*time.Second)
+	mustForwardDoorCycle(t, l, "docker restart panel")
 	start = time.Now()
 	if err := docker.RestartDaemon("panel"); err != nil {
 		t.Fatal(err)
 	}
-	checkNeverKnocked("a restart of dockerd")
-	mustFindDockerDNAT(t, l, containerIP)
 	t.Logf("dockerd restart: %s", time.Since(start).Round(time.Millisecond))
+	waitFiltered(t, l, lab.Client2V4, panel4, 10*time.Second)
+	mustForwardDoorCycle(t, l, "a restart of dockerd")
+	mustFindDockerDNAT(t, l, containerIP)
+}
+
+// mustForwardDoorCycle walks the forward panel door's cycle (open_for 3s)
+// for IPv4 (DNAT and forward) and IPv6 (docker-proxy on the input hook).
+func mustForwardDoorCycle(t *testing.T, l *lab.Lab, after string) {
+	t.Helper()
+	defer func() {
+		if t.Failed() {
+			t.Logf("the forward door broke after %s", after)
+		}
+	}()
+	mustFiltered(t, l, lab.ClientV4, panel4)
+	mustFiltered(t, l, lab.ClientV6, panel6)
+	mustFiltered(t, l, lab.ClientV4, other4)
+	mustKnock(t, l, false, 0, "7000", "8000:udp", "9000")
+	mustKnock(t, l, true, 0, "7000", "8000:udp", "9000")
+	waitEchoes(t, l, lab.ClientV4, panel4)
+	waitEchoes(t, l, lab.ClientV6, panel6)
+	// Another published port of the same container port stays shut.
+	mustFiltered(t, l, lab.ClientV4, other4)
+	mustFiltered(t, l, lab.Client2V4, panel4)
+	mustFiltered(t, l, lab.Client2V6, panel6)
+	// A connection let in outlives the grant.
+	c, err := l.Dial(lab.ClientV4, panel4, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(3500 * time.Millisecond)
+	noElements(t, l, "panel_v4")
+	noElements(t, l, "panel_v6")
+	if err := echoOn(c, "after the grant ran out"); err != nil {
+		t.Errorf("the established connection: %v", err)
+	}
+	mustFiltered(t, l, lab.ClientV4, panel4)
+	mustFiltered(t, l, lab.ClientV6, panel6)
+}
+
+// echoOn sends msg on c and checks it comes back.
+func echoOn(c net.Conn, msg string) error {
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return err
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != msg {
+		return fmt.Errorf("echoed %q, want %q", buf, msg)
+	}
+	return nil
+}
+
+// dockerDNATHandle is the handle of Docker's DNAT rule for port.
+func dockerDNATHandle(t *testing.T, l *lab.Lab, containerIP string, port int) uint64 {
+	t.Helper()
+	listing, err := lab.Run(l.Server, "nft", "-a", "list", "chain", "ip", "nat", "DOCKER")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(fmt.Sprintf(`tcp dport %d .*dnat to %s:8080 # handle (\d+)`, port, regexp.QuoteMeta(containerIP))).FindStringSubmatch(listing)
+	if m == nil {
+		t.Fatalf("no DNAT rule for %d in:\n%s", port, listing)
+	}
+	handle, _ := strconv.ParseUint(m[1], 10, 64)
+	return handle
 }
 
 // startDockerPanel starts dockerd in the server namespace with a container
-// "panel" that publishes 8443 (-p 8443:8080) and echoes; it returns
-// Docker and the container's address. Docker is stopped when the test
-// ends.
-func startDockerPanel(t *testing.T, l *lab.Lab) (*neighbours.Docker, string) {
+// "panel" that publishes its 8080 (-p 8443:8080 ...) and echoes; it
+// returns Docker and the container's address. Docker is stopped when the
+// test ends.
+func startDockerPanel(t *testing.T, l *lab.Lab, publish ...string) (*neighbours.Docker, string) {
 	t.Helper()
 	start := time.Now()
 	docker, err := neighbours.StartDocker(l.Server)
@@ -168,7 +237,7 @@ func startDockerPanel(t *testing.T, l *lab.Lab) (*neighbours.Docker, string) {
 	if err := docker.ImportBusybox("nftknock-busybox"); err != nil {
 		t.Fatal(err)
 	}
-	ip, err := docker.RunEcho("panel", "nftknock-busybox", "8443:8080")
+	ip, err := docker.RunEcho("panel", "nftknock-busybox", publish...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,15 +259,7 @@ func mustFindDockerDNAT(t *testing.T, l *lab.Lab, containerIP string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	listing, err := lab.Run(l.Server, "nft", "-a", "list", "chain", "ip", "nat", "DOCKER")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`tcp dport 8443 .*dnat to ` + regexp.QuoteMeta(containerIP) + `:8080 # handle (\d+)`).FindStringSubmatch(listing)
-	if m == nil {
-		t.Fatalf("no DNAT rule for 8443 in:\n%s", listing)
-	}
-	handle, _ := strconv.ParseUint(m[1], 10, 64)
+	handle := dockerDNATHandle(t, l, containerIP, 8443)
 	want := nft.DNAT{
 		Family: "ip", Table: "nat", Chain: "DOCKER", Handle: handle,
 		Port:  config.Port{Num: 8443, Proto: config.TCP},
@@ -446,4 +507,153 @@ func TestAdminPolicyDropKeepsGrantedPortClosed(t *testing.T) {
 			t.Errorf("nftknock's accept for %s counted no packet: the SYN should have passed nftknock's chain", set)
 		}
 	}
+}
+
+// attachedSSH is the ssh door attached to the admin's ruleset.
+func attachedSSH(openFor string) string {
+	return "attach = \"inet filter input\"\n" + sshDoor("5s", openFor)
+}
+
+// attachedElement returns the element for addr in the daemon's set (its
+// name in the admin's table: nftknock_<set>).
+func attachedElement(t *testing.T, l *lab.Lab, set string, addr netip.Addr) lab.Element {
+	t.Helper()
+	els, err := l.Elements("filter", "nftknock_"+set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range els {
+		if e.Addr == addr {
+			return e
+		}
+	}
+	t.Fatalf("set nftknock_%s holds %v, not %s", set, els, addr)
+	return lab.Element{}
+}
+
+// TestAttachedToAdminPolicyDrop: attached (attach = "inet filter
+// input"), the daemon's rules sit in chain nftknock of the admin's own
+// table, which its input chain jumps to first, past its `policy drop`
+// that does not allow 22: port 22 filtered before a knock, open to the
+// knocking source after it, over IPv4 and IPv6, and to no one else; the
+// admin's chains are as they wrote them. `nft -f` of their file (which
+// flushes the ruleset) is healed with the grants kept, for the time they
+// had left; a restart of the daemon keeps them too. A ruleset without the
+// jump (at start, or loaded later): the daemon and `nftknock status` say
+// so, and a knock then is not heard; with the jump back, the gate works
+// again. Closed again after open_for.
+func TestAttachedToAdminPolicyDrop(t *testing.T) {
+	l := newLab(t)
+	nstest.Require(t, "nft")
+	// Started on a ruleset without the jump, the daemon says so.
+	noJump := strings.Replace(neighbours.AttachedAdminRuleset, "\t\tjump nftknock\n", "", 1)
+	if err := neighbours.LoadRuleset(l.Server, noJump); err != nil {
+		t.Fatal(err)
+	}
+	cfg := writeConfig(t, "", attachedSSH("12s"))
+	d, err := l.StartDaemon(daemonBin, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := d
+	t.Cleanup(func() {
+		first.Kill()
+		if t.Failed() {
+			t.Logf("the first nftknockd's log:\n%s", first.Log())
+		}
+	})
+	if !containsAll(d.Log(), "your ruleset does not jump to nftknock's chain", `"chain": "nftknock"`, `"from": "input"`) {
+		t.Errorf("started without the jump, the daemon did not say so:\n%s", d.Log())
+	}
+	mark := markLog(d)
+	if err := neighbours.LoadRuleset(l.Server, neighbours.AttachedAdminRuleset); err != nil {
+		t.Fatal(err)
+	}
+	mark.wait(t, 5*time.Second, "your ruleset jumps to nftknock's chain again")
+	adminChain := func() string {
+		out, err := lab.Run(l.Server, "nft", "list", "chain", "inet", "filter", "input")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return counterRE.ReplaceAllString(out, "")
+	}
+	before := adminChain()
+	if tables, _ := lab.Run(l.Server, "nft", "list", "tables"); strings.TrimSpace(tables) != "table inet filter" {
+		t.Errorf("nft list tables: %q, want the admin's table alone", tables)
+	}
+
+	mustFiltered(t, l, lab.ClientV4, ssh4)
+	mustFiltered(t, l, lab.ClientV6, ssh6)
+	mustKnock(t, l, false, 0, "7000", "8000:udp", "9000")
+	mustKnock(t, l, true, 0, "7000", "8000:udp", "9000")
+	mustOpen(t, l, lab.ClientV4, ssh4)
+	mustOpen(t, l, lab.ClientV6, ssh6)
+	mustFiltered(t, l, lab.Client2V4, ssh4)
+	mustFiltered(t, l, lab.Client2V6, ssh6)
+	if got := adminChain(); got != before {
+		t.Errorf("the admin's input chain changed:\n%s\nwant\n%s", got, before)
+	}
+	if n := rulePackets(t, l, []string{"inet", "filter", "nftknock"}, "dport 22", "@nftknock_ssh_v4", "accept"); n == 0 {
+		t.Error("nftknock's accept for knocked IPv4 sources counted no packet")
+	}
+	status, code := runNftknock(t, l, "status", "-config", cfg)
+	if code != 0 || !strings.Contains(status, "chain nftknock in table inet filter: installed; doors: ssh") ||
+		!strings.Contains(status, "jump: `jump nftknock` is rule 1 of") || !strings.Contains(status, lab.ClientV4.String()) {
+		t.Errorf("nftknock status: exit %d:\n%s", code, status)
+	}
+
+	// nft -f of the admin's file: healed, grants kept.
+	left := attachedElement(t, l, "ssh_v4", lab.ClientV4).Expires
+	mark = markLog(d)
+	if err := neighbours.LoadRuleset(l.Server, neighbours.AttachedAdminRuleset); err != nil {
+		t.Fatal(err)
+	}
+	mark.wait(t, 5*time.Second, "re-installed with 2 live grants restored")
+	if e := attachedElement(t, l, "ssh_v4", lab.ClientV4); e.Expires > left || e.Timeout != 12*time.Second {
+		t.Errorf("after nft -f: %+v, want the 12s grant with at most %v left", e, left)
+	}
+	attachedElement(t, l, "ssh_v6", lab.ClientV6)
+	mustOpen(t, l, lab.ClientV4, ssh4)
+	mustOpen(t, l, lab.ClientV6, ssh6)
+	mustFiltered(t, l, lab.Client2V4, ssh4)
+
+	// A restart keeps the grants, with the time they had left.
+	left = attachedElement(t, l, "ssh_v4", lab.ClientV4).Expires
+	if err := d.Stop(); err != nil {
+		t.Fatalf("SIGTERM: want exit 0: %v", err)
+	}
+	d = startDaemon(t, l, cfg)
+	if e := attachedElement(t, l, "ssh_v4", lab.ClientV4); e.Expires > left || e.Timeout != 12*time.Second {
+		t.Errorf("after a restart: %+v, want the 12s grant with at most %v left", e, left)
+	}
+	mustOpen(t, l, lab.ClientV4, ssh4)
+
+	// Their file without the jump: the daemon and status say so, and
+	// nothing is gated or heard (22 is dropped by their policy, the knock
+	// opens nothing).
+	mark = markLog(d)
+	if err := neighbours.LoadRuleset(l.Server, noJump); err != nil {
+		t.Fatal(err)
+	}
+	mark.wait(t, 5*time.Second, "your ruleset does not jump to nftknock's chain", `"from": "input"`)
+	status, _ = runNftknock(t, l, "status", "-config", cfg)
+	if !strings.Contains(status, "jump MISSING: no `jump nftknock` in chain input") {
+		t.Errorf("nftknock status without the jump:\n%s", status)
+	}
+	mark = markLog(d)
+	mustKnock(t, l, false, 0, "7000", "8000:udp", "9000")
+	time.Sleep(300 * time.Millisecond)
+	if strings.Contains(mark.since(), "knock stage reached") {
+		t.Errorf("a knock was heard without the jump:\n%s", mark.since())
+	}
+	mark = markLog(d)
+	if err := neighbours.LoadRuleset(l.Server, neighbours.AttachedAdminRuleset); err != nil {
+		t.Fatal(err)
+	}
+	mark.wait(t, 5*time.Second, "your ruleset jumps to nftknock's chain again")
+	mustOpen(t, l, lab.ClientV4, ssh4)
+
+	// After open_for, closed again.
+	time.Sleep(attachedElement(t, l, "ssh_v4", lab.ClientV4).Expires + 500*time.Millisecond)
+	mustFiltered(t, l, lab.ClientV4, ssh4)
 }

@@ -244,7 +244,7 @@ func (f *Firewall) setElemMessage(typ int, set string, id uint32, items [][]byte
 	}
 	attrs := []netlink.Attribute{
 		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(f.table.Name + "\x00")},
-		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(set + "\x00")},
+		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(f.setName(set) + "\x00")},
 	}
 	if id != 0 {
 		attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_ELEM_LIST_SET_ID, Data: binaryutil.BigEndian.PutUint32(id)})

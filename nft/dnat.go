@@ -37,6 +37,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/nftknock/nftknock/config"
@@ -140,7 +141,12 @@ func (t NATTarget) String() string {
 // found is returned with an error that names the chains that were not
 // read.
 func FindDNAT(ports []config.Port, opts ...nftables.ConnOption) ([]DNAT, error) {
-	c, err := nftables.New(append(slices.Clone(opts), nftables.AsLasting())...)
+	// The rules are read over the connection's own socket, as Intact
+	// reads them (getRules: the library alone fails on any rule with
+	// `ct original …`, and with it the chain).
+	var nl *netlink.Conn
+	keep := func(c *netlink.Conn) error { nl = c; return nil }
+	c, err := nftables.New(append(slices.Clone(opts), nftables.AsLasting(), nftables.WithSockOptions(keep))...)
 	if err != nil {
 		return nil, fmt.Errorf("open netlink for the DNAT search: %w", err)
 	}
@@ -157,7 +163,7 @@ func FindDNAT(ports []config.Port, opts ...nftables.ConnOption) ([]DNAT, error) 
 		if !ok || !mayDNAT(ch) {
 			continue
 		}
-		rules, err := c.GetRules(ch.Table, ch)
+		rules, err := getRules(nl, ch.Table, ch.Name)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list rules of chain %s %s %s: %w", family, ch.Table.Name, ch.Name, err))
 			continue

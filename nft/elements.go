@@ -199,7 +199,7 @@ func (f *Firewall) Delete(set string, keys [][]byte) error {
 // rotating door's window turn rewrites.
 func (f *Firewall) Replace(set string, keys [][]byte) error {
 	batch, err := f.build(func(c *nftables.Conn) error {
-		s := &nftables.Set{Table: f.table, Name: set}
+		s := &nftables.Set{Table: f.table, Name: f.setName(set)}
 		c.FlushSet(s)
 		if len(keys) == 0 {
 			return nil

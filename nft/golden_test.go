@@ -93,6 +93,7 @@ func TestGoldenInstall(t *testing.T) {
 	}{
 		{"default", defaultPlan("nftknock"), nil},
 		{"shared", sharedPlan("nftknock"), nil},
+		{"forward", forwardPlan("nftknock"), nil},
 		{"doors", planOf("nftknock", sshDoor(), vpnDoor(), rotDoor()), func(f *Firewall) error {
 			return f.Replace("rot_first", [][]byte{{0x61, 0xa8}, {0x79, 0x18}})
 		}},

@@ -94,6 +94,11 @@ func rotDoor() testDoor {
 // planOf lays out doors in table, with every prefix tagged 1.
 func planOf(table string, doors ...testDoor) *plan.Plan {
 	b := plan.NewBuilder(table, config.DefaultNFLOGGroup, func(door string) string { return door + "/1" })
+	addDoors(b, doors...)
+	return b.Build()
+}
+
+func addDoors(b *plan.Builder, doors ...testDoor) {
 	for _, d := range doors {
 		b.Door(d.gate)
 		for _, k := range d.knocks {
@@ -111,8 +116,56 @@ func planOf(table string, doors ...testDoor) *plan.Plan {
 			b.RotatingKnocks(d.gate.Name, *d.rotating)
 		}
 	}
-	return b.Build()
 }
 
 func defaultPlan(table string) *plan.Plan { return planOf(table, sshDoor()) }
 func sharedPlan(table string) *plan.Plan  { return planOf(table, sshDoor(), adminDoor()) }
+
+// panelDoor is a forward door for a port Docker publishes: 8443/tcp as the
+// client addressed it, DNAT'd or served on the input hook.
+func panelDoor() testDoor {
+	return testDoor{
+		gate: plan.Door{Name: "panel", Open: []config.Port{tcp(8443)}, MaxGrants: config.DefaultMaxGrants, Hook: plan.HookForward},
+		knocks: []plan.Knock{
+			knockOf(tcp(7100), "knock 1 of 2", plan.WatchFirst, 10*time.Second),
+			knockOf(udp(8100), "knock 2 of 2", plan.WatchNone, 10*time.Second),
+		},
+	}
+}
+
+// routerDoor is a router's forward door: a port forward on its public
+// addresses (to), a range, and hosts behind it by their own addresses,
+// with always_allow networks.
+func routerDoor() testDoor {
+	return testDoor{
+		gate: plan.Door{
+			Name: "lan", MaxGrants: 1024, Hook: plan.HookForward,
+			Open:        []config.Port{tcp(2222), {Num: 60000, Last: 61000, Proto: config.UDP}},
+			To:          []netip.Addr{mustAddr("203.0.113.5"), mustAddr("2001:db8::5")},
+			ForwardTo:   []config.Dest{{Addr: mustAddr("192.168.1.10"), Port: tcp(22)}, {Addr: mustAddr("2001:db8:1::10"), Port: tcp(22)}},
+			AlwaysAllow: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8:2::/48")},
+		},
+		datagram: func() *config.Port { p := udp(62202); return &p }(),
+	}
+}
+
+// anyoneForwardDoor is an open_to = "anyone" forward door.
+func anyoneForwardDoor() testDoor {
+	return testDoor{
+		gate:     plan.Door{Name: "pub", Open: []config.Port{tcp(8080)}, Anyone: true, MaxGrants: 2, Hook: plan.HookForward},
+		datagram: func() *config.Port { p := udp(62203); return &p }(),
+	}
+}
+
+// forwardPlan has an input door and forward doors of every shape.
+func forwardPlan(table string) *plan.Plan {
+	return planOf(table, sshDoor(), panelDoor(), routerDoor(), anyoneForwardDoor())
+}
+
+// attachedPlan is forwardPlan laid out for attach mode.
+func attachedPlan(table string) *plan.Plan {
+	b := plan.NewBuilder(table, config.DefaultNFLOGGroup, func(door string) string { return door + "/1" })
+	b.Attach()
+	addDoors(b, sshDoor(), panelDoor(), routerDoor(), anyoneForwardDoor())
+	return b.Build()
+}

@@ -28,17 +28,27 @@ import (
 // a grant. Kept reports which sets stayed; a grant set that did not is
 // empty, and the caller puts back what it knows of its grants. The table
 // is the daemon's alone; no other table is touched.
+//
+// Attached (OpenAttached), the same goes for the daemon's chains and sets
+// in the admin's table, and for nothing else of it: the table is neither
+// added nor deleted, the admin's chains and sets are not touched, and the
+// daemon's chains are flushed and refilled rather than deleted (the
+// admin's chain jumps to them). An admin's table that is not there is an
+// error.
 func (f *Firewall) Install(p *plan.Plan) (kept map[string]bool, err error) {
 	kept, err = f.install(p)
 	if err != nil {
-		return nil, fmt.Errorf("install table %q: %w", f.table.Name, err)
+		return nil, fmt.Errorf("install %s: %w", f.Where(), err)
 	}
 	return kept, nil
 }
 
 func (f *Firewall) install(p *plan.Plan) (map[string]bool, error) {
-	if p.Table != f.table.Name {
+	if p.Table != f.name {
 		return nil, fmt.Errorf("the plan is for table %q", p.Table)
+	}
+	if p.Attached != (f.attach != nil) {
+		return nil, fmt.Errorf("the plan is laid out for %s mode", map[bool]string{true: "attach", false: "own-table"}[p.Attached])
 	}
 	c, err := f.c()
 	if err != nil {
@@ -49,10 +59,18 @@ func (f *Firewall) install(p *plan.Plan) (map[string]bool, error) {
 		f.reset()
 		return nil, err
 	}
+	if f.attach != nil && chains == nil && sets == nil {
+		if ok, err := f.tableExists(c); err != nil || !ok {
+			if err == nil {
+				err = fmt.Errorf("attach: table inet %s does not exist: load your ruleset first (nftknockd.service starts after nftables.service), with `chain %s {}` and `jump %s` first in chain %s", f.table.Name, f.name, f.name, f.attach.Chain)
+			}
+			return nil, err
+		}
+	}
 	kept := map[string]bool{}
 	for _, s := range sets {
-		if i := slices.IndexFunc(p.Sets, func(ps plan.Set) bool { return ps.Name == s.Name }); i >= 0 && fits(s, &p.Sets[i]) {
-			kept[s.Name] = true
+		if i := slices.IndexFunc(p.Sets, func(ps plan.Set) bool { return f.setName(ps.Name) == s.Name }); i >= 0 && fits(s, &p.Sets[i]) {
+			kept[p.Sets[i].Name] = true
 		}
 	}
 	batch, err := f.installBatch(p, chains, sets, kept)
@@ -69,7 +87,12 @@ func (f *Firewall) install(p *plan.Plan) (map[string]bool, error) {
 // what -check holds against MaxBatch, so that a config that passes -check
 // installs. It talks to no kernel.
 func BatchBytes(p *plan.Plan) (int, error) {
-	f := &Firewall{table: &nftables.Table{Name: p.Table, Family: nftables.TableFamilyINet}}
+	f := &Firewall{table: &nftables.Table{Name: p.Table, Family: nftables.TableFamilyINet}, name: p.Table}
+	if p.Attached {
+		// The admin's table's name is not known here; the daemon's is
+		// as long as any.
+		f.prefix, f.attach = p.Table+"_", &Attach{Table: p.Table, Chain: p.Table}
+	}
 	batch, err := f.installBatch(p, nil, nil, nil)
 	if err != nil {
 		return 0, err
@@ -78,48 +101,75 @@ func BatchBytes(p *plan.Plan) (int, error) {
 }
 
 // installBatch builds the batch that turns the table holding chains and
-// sets into p, keeping the sets in kept.
+// sets (the daemon's: all of its own table's, or those of its names in the
+// admin's) into p, keeping the sets of p named in kept.
+//
+// In its own table it deletes every chain and adds p's anew. Attached, it
+// never deletes a chain nor touches the table itself: the admin's base
+// chain jumps to the daemon's chain, which the kernel then refuses to
+// delete, and the admin's ruleset file declares it. So it flushes the
+// daemon's chains that are there, adds those that are not, and fills
+// them.
 func (f *Firewall) installBatch(p *plan.Plan, chains []*nftables.Chain, sets []*nftables.Set, kept map[string]bool) ([]netlink.Message, error) {
-	return f.build(func(c *nftables.Conn) error {
-		c.AddTable(f.table)
+	batch, err := f.build(func(c *nftables.Conn) error {
+		if f.attach == nil {
+			c.AddTable(f.table)
+		}
 		// Order matters within the batch: rules go first (they hold
 		// references to sets and chains), then sets, then chains.
 		for _, ch := range chains {
 			c.FlushChain(ch)
 		}
 		for _, s := range sets {
-			if !kept[s.Name] {
+			if !kept[f.planSet(s.Name)] {
 				c.DelSet(s)
 			}
 		}
-		for _, ch := range chains {
-			c.DelChain(ch)
+		if f.attach == nil {
+			for _, ch := range chains {
+				c.DelChain(ch)
+			}
 		}
 		for i := range p.Sets {
 			s := &p.Sets[i]
 			if kept[s.Name] {
 				continue
 			}
-			if err := c.AddSet(newSet(f.table, s), s.Elements); err != nil {
+			if err := c.AddSet(f.newSet(s), s.Elements); err != nil {
 				return fmt.Errorf("add set %s: %w", s.Name, err)
 			}
 		}
 		for _, pc := range p.Chains {
-			ch := c.AddChain(baseChain(f.table, &pc))
-			for _, r := range pc.Rules {
-				c.AddRule(&nftables.Rule{
-					Table:    f.table,
-					Chain:    ch,
-					Exprs:    r.Exprs,
-					UserData: userdata.AppendString(nil, userdata.TypeComment, r.Comment),
-				})
+			name := f.chainName(pc.Name)
+			if f.attach != nil && slices.ContainsFunc(chains, func(ch *nftables.Chain) bool { return ch.Name == name }) {
+				continue // flushed above
 			}
+			c.AddChain(f.newChain(&pc))
 		}
 		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	var rules []netlink.Message
+	for _, pc := range p.Chains {
+		for _, r := range pc.Rules {
+			m, err := f.ruleMessage(f.chainName(pc.Name), r, userdata.AppendString(nil, userdata.TypeComment, r.Comment))
+			if err != nil {
+				return nil, err
+			}
+			rules = append(rules, m)
+		}
+	}
+	return withBefore(batch, rules...), nil
 }
 
-func baseChain(t *nftables.Table, pc *plan.Chain) *nftables.Chain {
+// newChain is the kernel chain of pc: a base chain of the daemon's table,
+// or attached, a regular chain.
+func (f *Firewall) newChain(pc *plan.Chain) *nftables.Chain {
+	if f.attach != nil {
+		return &nftables.Chain{Name: f.chainName(pc.Name), Table: f.table}
+	}
 	accept := nftables.ChainPolicyAccept
 	hook := nftables.ChainHookInput
 	if pc.Hook == plan.HookForward {
@@ -127,7 +177,7 @@ func baseChain(t *nftables.Table, pc *plan.Chain) *nftables.Chain {
 	}
 	return &nftables.Chain{
 		Name:     pc.Name,
-		Table:    t,
+		Table:    f.table,
 		Type:     nftables.ChainTypeFilter,
 		Hooknum:  hook,
 		Priority: nftables.ChainPriorityRef(nftables.ChainPriority(pc.Priority)),
@@ -135,15 +185,21 @@ func baseChain(t *nftables.Table, pc *plan.Chain) *nftables.Chain {
 	}
 }
 
-// current lists the chains and named sets the table holds now; none if the
-// table does not exist.
-func (f *Firewall) current(c *nftables.Conn) ([]*nftables.Chain, []*nftables.Set, error) {
+// tableExists tells whether the kernel table exists.
+func (f *Firewall) tableExists(c *nftables.Conn) (bool, error) {
 	tables, err := c.ListTablesOfFamily(f.table.Family)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list tables: %w", err)
+		return false, fmt.Errorf("list tables: %w", err)
 	}
-	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == f.table.Name }) {
-		return nil, nil, nil
+	return slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == f.table.Name }), nil
+}
+
+// current lists the daemon's chains and named sets in the table now; none
+// if the table does not exist.
+func (f *Firewall) current(c *nftables.Conn) ([]*nftables.Chain, []*nftables.Set, error) {
+	ok, err := f.tableExists(c)
+	if err != nil || !ok {
+		return nil, nil, err
 	}
 	all, err := c.ListChainsOfTableFamily(f.table.Family)
 	if err != nil {
@@ -151,7 +207,7 @@ func (f *Firewall) current(c *nftables.Conn) ([]*nftables.Chain, []*nftables.Set
 	}
 	var chains []*nftables.Chain
 	for _, ch := range all {
-		if ch.Table != nil && ch.Table.Name == f.table.Name {
+		if ch.Table != nil && ch.Table.Name == f.table.Name && f.ours(ch.Name) {
 			chains = append(chains, &nftables.Chain{Table: f.table, Name: ch.Name})
 		}
 	}
@@ -162,7 +218,7 @@ func (f *Firewall) current(c *nftables.Conn) ([]*nftables.Chain, []*nftables.Set
 	var sets []*nftables.Set
 	for _, s := range found {
 		// Anonymous sets belong to rules and go away with them.
-		if !s.Anonymous {
+		if !s.Anonymous && f.planSet(s.Name) != "" {
 			sets = append(sets, s)
 		}
 	}
@@ -174,11 +230,11 @@ func (f *Firewall) current(c *nftables.Conn) ([]*nftables.Chain, []*nftables.Set
 // "ipv4_addr . inet_proto . inet_service" for a door that grants per
 // port: a hash set, without the concatenation flag, as nft makes it),
 // with no default timeout, as each grant carries its own.
-func newSet(t *nftables.Table, s *plan.Set) *nftables.Set {
+func (f *Firewall) newSet(s *plan.Set) *nftables.Set {
 	return &nftables.Set{
-		Table:      t,
+		Table:      f.table,
 		ID:         s.ID,
-		Name:       s.Name,
+		Name:       f.setName(s.Name),
 		HasTimeout: s.HasTimeout(),
 		Timeout:    s.Timeout,
 		Interval:   s.Interval,
@@ -197,7 +253,7 @@ func newSet(t *nftables.Table, s *plan.Set) *nftables.Set {
 // config changed its size) is replaced rather than left to break the rules
 // or grants. Sets whose elements come from the plan never stay.
 func fits(k *nftables.Set, s *plan.Set) bool {
-	want := newSet(nil, s)
+	want := (&Firewall{}).newSet(s)
 	return (s.Role == plan.RoleGrant || s.Role == plan.RoleDynamic) &&
 		k.KeyType.GetNFTMagic() == want.KeyType.GetNFTMagic() &&
 		k.KeyType.Bytes == want.KeyType.Bytes &&
@@ -207,8 +263,9 @@ func fits(k *nftables.Set, s *plan.Set) bool {
 
 // Intact tells whether the table holds p still: the table, every set of p
 // in p's shape, and every chain of p with exactly p's rules, expression by
-// expression (counters aside) and comment by comment. It does not look at
-// elements. It is false, with no error, when the table is gone.
+// expression (counters aside) and comment by comment, and no other chain
+// of the daemon's. It does not look at elements. It is false, with no
+// error, when the table is gone.
 func (f *Firewall) Intact(p *plan.Plan) (bool, error) {
 	c, err := f.c()
 	if err != nil {
@@ -217,14 +274,14 @@ func (f *Firewall) Intact(p *plan.Plan) (bool, error) {
 	chains, sets, err := f.current(c)
 	if err != nil {
 		f.reset()
-		return false, fmt.Errorf("check table %q: %w", f.table.Name, err)
+		return false, fmt.Errorf("check %s: %w", f.Where(), err)
 	}
 	if chains == nil && sets == nil {
 		return false, nil
 	}
 	for i := range p.Sets {
 		s := &p.Sets[i]
-		j := slices.IndexFunc(sets, func(k *nftables.Set) bool { return k.Name == s.Name })
+		j := slices.IndexFunc(sets, func(k *nftables.Set) bool { return k.Name == f.setName(s.Name) })
 		if j < 0 || (s.Role != plan.RolePorts && s.Role != plan.RoleAllow && !fits(sets[j], s)) {
 			return false, nil
 		}
@@ -233,15 +290,16 @@ func (f *Firewall) Intact(p *plan.Plan) (bool, error) {
 		return false, nil
 	}
 	for _, pc := range p.Chains {
-		if !slices.ContainsFunc(chains, func(ch *nftables.Chain) bool { return ch.Name == pc.Name }) {
+		name := f.chainName(pc.Name)
+		if !slices.ContainsFunc(chains, func(ch *nftables.Chain) bool { return ch.Name == name }) {
 			return false, nil
 		}
-		rules, err := c.GetRules(f.table, &nftables.Chain{Name: pc.Name, Table: f.table})
+		rules, err := getRules(f.nl, f.table, name)
 		if err != nil {
 			f.reset()
-			return false, fmt.Errorf("check table %q: list rules of chain %s: %w", f.table.Name, pc.Name, err)
+			return false, fmt.Errorf("check %s: list rules of chain %s: %w", f.Where(), name, err)
 		}
-		same, err := sameRules(rules, pc.Rules)
+		same, err := f.sameRules(rules, pc.Rules)
 		if err != nil || !same {
 			return false, err
 		}
@@ -254,7 +312,7 @@ func (f *Firewall) Intact(p *plan.Plan) (bool, error) {
 // marshal and unmarshal as the kernel's, so that defaults the kernel fills
 // in compare equal; counters and set IDs are not compared (the kernel
 // counts, and names sets by name).
-func sameRules(got []*nftables.Rule, want []plan.Rule) (bool, error) {
+func (f *Firewall) sameRules(got []*nftables.Rule, want []plan.Rule) (bool, error) {
 	if len(got) != len(want) {
 		return false, nil
 	}
@@ -262,7 +320,11 @@ func sameRules(got []*nftables.Rule, want []plan.Rule) (bool, error) {
 		if c, _ := userdata.GetString(got[i].UserData, userdata.TypeComment); c != r.Comment {
 			return false, nil
 		}
-		w, err := roundTrip(r.Exprs)
+		exprs := make([]expr.Any, len(r.Exprs))
+		for j, e := range r.Exprs {
+			exprs[j] = f.kernelExpr(e)
+		}
+		w, err := roundTrip(exprs)
 		if err != nil {
 			return false, err
 		}

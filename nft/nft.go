@@ -1,7 +1,9 @@
 // Package nft is all of nftknock's talk with nf_tables.
 //
-// The daemon owns one `table inet <name>`. Install writes a plan (package
-// nft/plan) into it in one atomic batch: the sets, the chain and its rules,
+// The daemon owns one `table inet <name>`, or in attach mode a chain of
+// that name and sets prefixed <name>_ in an admin's table (OpenAttached).
+// Install writes a plan (package nft/plan) into it in one atomic batch: the
+// sets, the chains and their rules,
 // keeping the sets of grants that are still configured with their live
 // elements. Put, Replace and Delete write elements: a grant is an element
 // with a timeout, which the kernel removes when it runs out, so a grant
@@ -15,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -37,11 +40,22 @@ const socketBuffer = 4 << 20
 // cannot be installed; -check says so (see BatchBytes).
 const MaxBatch = socketBuffer - 64<<10
 
-// Firewall owns `table inet <name>`. It is not safe for concurrent use: the
-// daemon gives it one owner goroutine.
+// Firewall owns `table inet <name>`, or, attached to an admin's table,
+// the chains and sets of its name in that table. It is not safe for
+// concurrent use: the daemon gives it one owner goroutine.
 type Firewall struct {
+	// table is the kernel table the plan goes in: the daemon's own, or
+	// the admin's in attach mode.
 	table *nftables.Table
 	opts  []nftables.ConnOption
+	// name is the daemon's table name (the plan's Table). Attached, it
+	// names the daemon's chain in the admin's table, and prefix
+	// ("<name>_") starts the names of its sets and other chains there;
+	// attach is the admin's chain that must jump to it. Own table: prefix
+	// "" and attach nil.
+	name   string
+	prefix string
+	attach *Attach
 
 	// conn is a lasting netlink connection (one socket for all
 	// operations), dialled on first use and dropped after any error.
@@ -136,30 +150,101 @@ func kernelRelease() string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
+// Attach is an admin's base chain, in their `table inet Table`, that jumps
+// to the daemon's chain (config attach = "inet filter input").
+type Attach struct{ Table, Chain string }
+
 // Open returns a Firewall for `table inet <table>`. It does not touch the
 // ruleset: call Install. opts are passed to nftables.New; tests use
 // nftables.WithNetNSFd to work in a scratch network namespace and
 // nftables.WithTestDial to capture messages.
 func Open(table string, opts ...nftables.ConnOption) (*Firewall, error) {
-	if table == "" {
+	return open(table, nil, opts)
+}
+
+// OpenAttached returns a Firewall whose plan goes in the admin's table
+// a.Table, which it never creates, deletes or changes otherwise: the
+// daemon's rules in a regular chain named name (and name_forward for
+// forward doors), which the admin's chain a.Chain must jump to, and its
+// sets named name_<set>, so that none can be the admin's.
+func OpenAttached(a Attach, name string, opts ...nftables.ConnOption) (*Firewall, error) {
+	if a.Table == "" || a.Chain == "" {
+		return nil, errors.New("open nftables: attach needs a table and a chain")
+	}
+	return open(name, &a, opts)
+}
+
+func open(name string, a *Attach, opts []nftables.ConnOption) (*Firewall, error) {
+	if name == "" {
 		return nil, errors.New("open nftables: empty table name")
 	}
 	f := &Firewall{
-		table:  &nftables.Table{Name: table, Family: nftables.TableFamilyINet},
+		table:  &nftables.Table{Name: name, Family: nftables.TableFamilyINet},
+		name:   name,
 		opts:   slices.Clone(opts),
 		now:    time.Now,
 		mode:   grantModeFor(kernelRelease()),
 		shapes: map[string]plan.Door{},
 	}
+	if a != nil {
+		f.table.Name, f.prefix, f.attach = a.Table, name+"_", a
+	}
 	// Dial now so a missing netlink (or a bad namespace fd) shows at start.
 	if _, err := f.c(); err != nil {
-		return nil, fmt.Errorf("open nftables for table %q: %w", table, err)
+		return nil, fmt.Errorf("open nftables for %s: %w", f.Where(), err)
 	}
 	return f, nil
 }
 
-// Table is the name of the table, as in `table inet <name>`.
+// Table is the name of the table, as in `table inet <name>`: the daemon's
+// own, or attached, the admin's.
 func (f *Firewall) Table() string { return f.table.Name }
+
+// Attached is the admin's chain the Firewall is attached to, if it is.
+func (f *Firewall) Attached() *Attach { return f.attach }
+
+// Where names what the Firewall works on for messages: "table inet
+// nftknock", or "chain nftknock in table inet filter".
+func (f *Firewall) Where() string {
+	if f.attach == nil {
+		return "table inet " + f.table.Name
+	}
+	return "chain " + f.name + " in table inet " + f.table.Name
+}
+
+// chainName is the kernel's name of a plan chain: its own in the daemon's
+// table; attached, the daemon's name for the input chain and
+// <name>_<chain> for the others.
+func (f *Firewall) chainName(chain string) string {
+	switch {
+	case f.attach == nil:
+		return chain
+	case chain == plan.ChainName:
+		return f.name
+	}
+	return f.prefix + chain
+}
+
+// ours tells whether a chain of the kernel table is the daemon's: every
+// chain of its own table; attached, its chain and those it prefixes.
+func (f *Firewall) ours(chain string) bool {
+	return f.attach == nil || chain == f.name || strings.HasPrefix(chain, f.prefix)
+}
+
+// setName is the kernel's name of a plan set; planSet undoes it ("" for a
+// set that is not the daemon's).
+func (f *Firewall) setName(set string) string { return f.prefix + set }
+
+func (f *Firewall) planSet(kernel string) string {
+	if f.prefix == "" {
+		return kernel
+	}
+	name, ok := strings.CutPrefix(kernel, f.prefix)
+	if !ok {
+		return ""
+	}
+	return name
+}
 
 // c returns the lasting connection, dialling it if needed.
 func (f *Firewall) c() (*nftables.Conn, error) {
@@ -214,23 +299,37 @@ func growBuffers(c *netlink.Conn) error {
 	return nil
 }
 
-// Installed tells whether the table exists in the kernel.
+// Installed tells whether the table exists in the kernel; attached,
+// whether the admin's table holds the daemon's chain.
 func (f *Firewall) Installed() (bool, error) {
 	c, err := f.c()
 	if err != nil {
 		return false, err
 	}
-	tables, err := c.ListTablesOfFamily(f.table.Family)
+	ok, err := f.tableExists(c)
+	if err != nil || !ok || f.attach == nil {
+		if err != nil {
+			f.reset()
+		}
+		return ok, err
+	}
+	chains, _, err := f.current(c)
 	if err != nil {
 		f.reset()
-		return false, fmt.Errorf("list tables: %w", err)
+		return false, err
 	}
-	return slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == f.table.Name }), nil
+	return slices.ContainsFunc(chains, func(ch *nftables.Chain) bool { return ch.Name == f.name }), nil
 }
 
 // Remove deletes the table with everything in it. A table that is already
-// gone is not an error.
+// gone is not an error. Attached, it deletes only the daemon's sets and
+// chains in the admin's table; a chain the admin's ruleset still jumps to
+// is left there, empty (the kernel refuses to delete it), and named in
+// the error.
 func (f *Firewall) Remove() error {
+	if f.attach != nil {
+		return f.removeAttached()
+	}
 	ok, err := f.Installed()
 	if err != nil || !ok {
 		return err
@@ -241,6 +340,58 @@ func (f *Firewall) Remove() error {
 	}
 	if err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("remove table %q: %w", f.table.Name, err)
+	}
+	return nil
+}
+
+// ErrStillJumpedTo is returned (wrapped) by an attached Remove that left a
+// chain in place because the admin's ruleset jumps to it.
+var ErrStillJumpedTo = errors.New("still jumped to")
+
+func (f *Firewall) removeAttached() error {
+	c, err := f.c()
+	if err != nil {
+		return err
+	}
+	chains, sets, err := f.current(c)
+	if err != nil {
+		f.reset()
+		return fmt.Errorf("remove %s: %w", f.Where(), err)
+	}
+	if chains == nil && sets == nil {
+		return nil
+	}
+	msgs, err := f.build(func(c *nftables.Conn) error {
+		for _, ch := range chains {
+			c.FlushChain(ch)
+		}
+		for _, s := range sets {
+			c.DelSet(s)
+		}
+		return nil
+	})
+	if err == nil {
+		err = f.sendBatch(msgs)
+	}
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", f.Where(), err)
+	}
+	var left []string
+	for _, ch := range chains {
+		msgs, err := f.build(func(c *nftables.Conn) error { c.DelChain(ch); return nil })
+		if err == nil {
+			err = f.sendBatch(msgs)
+		}
+		switch {
+		case errors.Is(err, unix.EBUSY):
+			left = append(left, ch.Name)
+		case err != nil && !errors.Is(err, unix.ENOENT):
+			return fmt.Errorf("remove chain %s from table inet %s: %w", ch.Name, f.table.Name, err)
+		}
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("chain %s of table inet %s is left there, empty: %w by your ruleset; take the jump (and its `chain %s {}`) out of your ruleset, then `nft delete chain inet %s %s`",
+			strings.Join(left, ", "), f.table.Name, ErrStillJumpedTo, left[0], f.table.Name, left[0])
 	}
 	return nil
 }

@@ -23,8 +23,9 @@ const dumpBuffer = 32 << 10
 // meanwhile. Close may be called from any goroutine: a Read under way then
 // fails.
 type SetReader struct {
-	table string
-	c     *netlink.Conn
+	table  string
+	prefix string // attached: of the daemon's sets' names (see Firewall)
+	c      *netlink.Conn
 }
 
 // Reader opens a SetReader on the table.
@@ -33,7 +34,7 @@ func (f *Firewall) Reader() (*SetReader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open a reader of table %q: %w", f.table.Name, err)
 	}
-	return &SetReader{table: f.table.Name, c: c}, nil
+	return &SetReader{table: f.table.Name, prefix: f.prefix, c: c}, nil
 }
 
 // Read returns the live elements of set: elements whose timeout has run
@@ -41,7 +42,7 @@ func (f *Firewall) Reader() (*SetReader, error) {
 func (r *SetReader) Read(set string) ([]Element, error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, r.table)
-	ae.String(unix.NFTA_SET_ELEM_LIST_SET, set)
+	ae.String(unix.NFTA_SET_ELEM_LIST_SET, r.prefix+set)
 	attrs, err := ae.Encode()
 	if err != nil {
 		return nil, err
@@ -67,7 +68,7 @@ func (r *SetReader) Read(set string) ([]Element, error) {
 		if m.Header.Sequence != req.Header.Sequence {
 			continue
 		}
-		changes = appendElementChanges(changes[:0], m)
+		changes = appendElementChanges(changes[:0], m, r.prefix)
 		for _, e := range changes {
 			// The kernel's dump skips expired elements; this guards
 			// against one that expires as it is dumped.

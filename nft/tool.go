@@ -56,15 +56,17 @@ func (f *Firewall) Doors() ([]string, error) {
 		return nil, err
 	}
 	if !ok {
-		return nil, fmt.Errorf("table inet %s: %w", f.table.Name, ErrNotInstalled)
+		return nil, fmt.Errorf("%s: %w", f.Where(), ErrNotInstalled)
 	}
 	doors, shapes := doorsOf(sets)
 	f.shapes = shapes
 	return doors, nil
 }
 
-// tableSets lists the table's sets, read from the kernel; ok is false
-// (with no error) when the table does not exist.
+// tableSets lists the daemon's sets of the table, read from the kernel,
+// under the plan's names (attached, the prefix taken off, and the admin's
+// own sets left out); ok is false (with no error) when the table does not
+// exist (attached: when the daemon's chain is not in it).
 func (f *Firewall) tableSets() (sets []*nftables.Set, ok bool, err error) {
 	if ok, err = f.Installed(); err != nil || !ok {
 		return nil, false, err
@@ -73,22 +75,28 @@ func (f *Firewall) tableSets() (sets []*nftables.Set, ok bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	if sets, err = c.GetSets(f.table); err != nil {
+	found, err := c.GetSets(f.table)
+	if err != nil {
 		f.reset()
 		return nil, false, fmt.Errorf("list sets of table inet %s: %w", f.table.Name, err)
+	}
+	for _, s := range found {
+		if name := f.planSet(s.Name); name != "" && !s.Anonymous {
+			c := *s
+			c.Name = name
+			sets = append(sets, &c)
+		}
 	}
 	return sets, true, nil
 }
 
-// SetNames lists the names of the table's sets; none when it does not
-// exist.
+// SetNames lists the names of the daemon's sets (as the plan names them);
+// none when the table does not exist.
 func (f *Firewall) SetNames() ([]string, error) {
 	sets, _, err := f.tableSets()
 	var names []string
 	for _, s := range sets {
-		if !s.Anonymous {
-			names = append(names, s.Name)
-		}
+		names = append(names, s.Name)
 	}
 	return names, err
 }
@@ -170,9 +178,9 @@ func (f *Firewall) gate(door string) (*plan.Door, error) {
 	}
 	if !slices.Contains(doors, door) {
 		if len(doors) == 0 {
-			return nil, fmt.Errorf("door %q has no sets in table inet %s, and no other door has", door, f.table.Name)
+			return nil, fmt.Errorf("door %q has no sets in %s, and no other door has", door, f.Where())
 		}
-		return nil, fmt.Errorf("door %q has no sets in table inet %s; doors that do: %s", door, f.table.Name, strings.Join(doors, ", "))
+		return nil, fmt.Errorf("door %q has no sets in %s; doors that do: %s", door, f.Where(), strings.Join(doors, ", "))
 	}
 	g := f.shapes[door]
 	return &g, nil

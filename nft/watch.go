@@ -62,6 +62,7 @@ func (c Change) String() string {
 type Watcher struct {
 	conn   *netlink.Conn
 	table  string
+	prefix string // attached: the daemon's sets' names start with it
 	family byte
 	own    *atomic.Uint32
 	closed atomic.Bool
@@ -101,6 +102,7 @@ func (f *Firewall) watch(rcvbuf int) (*Watcher, error) {
 	w := &Watcher{
 		conn:   conn,
 		table:  f.table.Name,
+		prefix: f.prefix,
 		family: byte(f.table.Family),
 		own:    &f.port,
 		c:      make(chan struct{}, 1),
@@ -156,7 +158,7 @@ func (w *Watcher) run() {
 			// Once more have come than the owner will take, the owner
 			// reads the sets instead: parsing the rest is wasted.
 			if c == ChangedElements && !full {
-				elems = appendElementChanges(elems, m)
+				elems = appendElementChanges(elems, m, w.prefix)
 			}
 			ch |= c
 		}
@@ -228,7 +230,10 @@ type ElementChange struct {
 // DESTROYSETELEM notification to out. The kernel built the message, but
 // it is read as carefully as anything from a socket: what does not parse
 // is skipped.
-func appendElementChanges(out []ElementChange, m netlink.Message) []ElementChange {
+//
+// Attached, only the daemon's sets count: their prefix is taken off, and
+// the admin's own sets are left out.
+func appendElementChanges(out []ElementChange, m netlink.Message, prefix string) []ElementChange {
 	deleted := m.Header.Type&0xff != unix.NFT_MSG_NEWSETELEM
 	ad, err := netlink.NewAttributeDecoder(m.Data[4:])
 	if err != nil {
@@ -247,6 +252,12 @@ func appendElementChanges(out []ElementChange, m netlink.Message) []ElementChang
 	}
 	if ad.Err() != nil || set == "" {
 		return out
+	}
+	if prefix != "" {
+		var ours bool
+		if set, ours = strings.CutPrefix(set, prefix); !ours || set == "" {
+			return out
+		}
 	}
 	items, err := netlink.NewAttributeDecoder(list)
 	if err != nil {

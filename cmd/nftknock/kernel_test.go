@@ -42,7 +42,10 @@ func (k *kernel) run(args ...string) (code int, stdout, stderr string) {
 	k.t.Helper()
 	var out, errOut strings.Builder
 	e := &env{stdout: &out, stderr: &errOut, now: time.Now,
-		open: func(table string) (*nft.Firewall, error) {
+		open: func(table string, a *nft.Attach) (*nft.Firewall, error) {
+			if a != nil {
+				return nft.OpenAttached(*a, table, nftables.WithNetNSFd(k.ns.FD))
+			}
 			return nft.Open(table, nftables.WithNetNSFd(k.ns.FD))
 		}}
 	code = realMain(e, args)
@@ -95,7 +98,7 @@ func TestKernelStatusNotInstalled(t *testing.T) {
 	t.Parallel()
 	k := newKernel(t)
 	code, out, errOut := k.run("status")
-	if code != exitNotInstalled || out != "table inet nftknock: not installed (nftknockd installs it when it starts)\n" || errOut != "" {
+	if code != exitNotInstalled || out != "table inet nftknock: not installed (nftknockd installs it when it starts; if its configuration has attach, give -config)\n" || errOut != "" {
 		t.Errorf("status: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 	code, out, _ = k.run("status", "-json")
@@ -462,5 +465,61 @@ func TestKernelPerPortDoor(t *testing.T) {
 	}
 	if set := k.nft("list", "set", "inet", "nftknock", "fw_v4"); strings.Contains(set, "192.0.2.1") {
 		t.Errorf("fw_v4 after revoke:\n%s", set)
+	}
+}
+
+// TestKernelToolAttached: with -config naming attach, status, grant and
+// revoke work on the daemon's chain and sets in the admin's table, and
+// status says whether the admin's chain jumps to the daemon's.
+func TestKernelToolAttached(t *testing.T) {
+	t.Parallel()
+	k := newKernel(t)
+	k.ns.Run(t, `table inet filter {
+	chain nftknock {}
+	chain input {
+		type filter hook input priority filter; policy drop;
+		ct state established,related accept
+		jump nftknock
+	}
+}
+`, "nft", "-f", "-")
+	cfgFile := filepath.Join(t.TempDir(), "nftknock.toml")
+	if err := os.WriteFile(cfgFile, []byte("attach = \"inet filter input\"\n[[door]]\nname = \"ssh\"\nsequence = [\"7000\", \"8000:udp\"]\nseq_timeout = \"5s\"\nopen = [\"22\"]\nopen_for = \"30s\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw, err := nft.OpenAttached(nft.Attach{Table: "filter", Chain: "input"}, "nftknock", nftables.WithNetNSFd(k.ns.FD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fw.Close() })
+	if err := installConfig(fw, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := k.run("grant", "-config", cfgFile, "-door", "ssh", "-for", "1h", "192.0.2.9"); code != exitOK {
+		t.Fatalf("grant: exit %d: %s%s", code, out, errOut)
+	}
+	if set := k.nft("list", "set", "inet", "filter", "nftknock_ssh_v4"); !strings.Contains(set, "192.0.2.9 timeout 1h") {
+		t.Errorf("the grant is not in nftknock_ssh_v4:\n%s", set)
+	}
+	code, out, errOut := k.run("status", "-config", cfgFile)
+	if code != exitOK || !strings.Contains(out, "chain nftknock in table inet filter: installed; doors: ssh\n") ||
+		!strings.Contains(out, "jump: `jump nftknock` is rule 2 of 2 in chain input\n") || !strings.Contains(out, "192.0.2.9") {
+		t.Errorf("status: exit %d:\n%s%s", code, out, errOut)
+	}
+	_, out, _ = k.run("status", "-json", "-config", cfgFile)
+	st := parseStatus(t, out)
+	if st.Table != "filter" || st.Attach == nil || st.Attach.Chain != "input" || len(st.Attach.Jumps) != 1 || !st.Attach.Jumps[0].Present || len(st.Grants) != 1 {
+		t.Errorf("status -json: %+v", st)
+	}
+	k.nft("flush", "chain", "inet", "filter", "input")
+	if _, out, _ = k.run("status", "-config", cfgFile); !strings.Contains(out, "jump MISSING: no `jump nftknock` in chain input") {
+		t.Errorf("status without the jump:\n%s", out)
+	}
+	if code, out, errOut := k.run("revoke", "-config", cfgFile, "-door", "ssh", "192.0.2.9"); code != exitOK || !strings.Contains(out, "revoked") {
+		t.Errorf("revoke: exit %d: %s%s", code, out, errOut)
 	}
 }

@@ -55,9 +55,11 @@ const (
 type env struct {
 	stdout, stderr io.Writer
 	stdin          io.Reader
-	open           func(table string) (*nft.Firewall, error)
-	now            func() time.Time
-	getenv         func(string) string
+	// open opens the daemon's table, or attached (attach not nil), its
+	// chain and sets in the admin's table.
+	open   func(table string, attach *nft.Attach) (*nft.Firewall, error)
+	now    func() time.Time
+	getenv func(string) string
 }
 
 // env returns the environment variable key.
@@ -107,7 +109,12 @@ func lookup(name string) *command {
 
 func main() {
 	e := &env{stdout: os.Stdout, stderr: os.Stderr, now: time.Now,
-		open: func(table string) (*nft.Firewall, error) { return nft.Open(table) }}
+		open: func(table string, a *nft.Attach) (*nft.Firewall, error) {
+			if a != nil {
+				return nft.OpenAttached(*a, table)
+			}
+			return nft.Open(table)
+		}}
 	os.Exit(realMain(e, os.Args[1:]))
 }
 
@@ -244,35 +251,39 @@ type tableFlags struct {
 func addTableFlags(fs *flag.FlagSet) *tableFlags {
 	t := &tableFlags{fs: fs}
 	fs.StringVar(&t.table, "table", config.DefaultTable, "`name` of the daemon's table (table inet NAME)")
-	fs.StringVar(&t.config, "config", "", "read the table name from the daemon's configuration `file` instead")
+	fs.StringVar(&t.config, "config", "", "read the table name (and attach) from the daemon's configuration `file` instead")
 	return t
 }
 
-// name is the table to work on.
-func (t *tableFlags) name() (string, error) {
+// name is the table to work on, and the admin's chain it is attached to
+// (only a configuration says that).
+func (t *tableFlags) name() (string, *nft.Attach, error) {
 	tableSet := false
 	t.fs.Visit(func(f *flag.Flag) { tableSet = tableSet || f.Name == "table" })
 	if t.config == "" {
 		if t.table == "" {
-			return "", usageError("-table: empty name")
+			return "", nil, usageError("-table: empty name")
 		}
-		return t.table, nil
+		return t.table, nil, nil
 	}
 	if tableSet {
-		return "", usageError("give -table or -config, not both")
+		return "", nil, usageError("give -table or -config, not both")
 	}
 	cfg, err := config.Load(t.config)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	t.cfg = cfg
-	return cfg.Table, nil
+	if a := cfg.Attach; a != nil {
+		return cfg.Table, &nft.Attach{Table: a.Table, Chain: a.Chain}, nil
+	}
+	return cfg.Table, nil, nil
 }
 
 // open opens the table named by the flags, or reports why not: a usage
 // problem (exit 2) or a failure (exit 1).
 func (t *tableFlags) open(e *env, cmd string) (*nft.Firewall, int) {
-	name, err := t.name()
+	name, attach, err := t.name()
 	var uerr usageError
 	switch {
 	case errors.As(err, &uerr):
@@ -281,7 +292,7 @@ func (t *tableFlags) open(e *env, cmd string) (*nft.Firewall, int) {
 		fail(e, cmd, err) // the config could not be read
 		return nil, exitFail
 	}
-	fw, err := e.open(name)
+	fw, err := e.open(name, attach)
 	if err != nil {
 		fail(e, cmd, err)
 		return nil, exitFail

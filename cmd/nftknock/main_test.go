@@ -17,7 +17,7 @@ func run(t *testing.T, args ...string) (code int, stdout, stderr string, opened 
 	t.Helper()
 	var out, errOut strings.Builder
 	e := &env{stdout: &out, stderr: &errOut, now: time.Now,
-		open: func(table string) (*nft.Firewall, error) {
+		open: func(table string, _ *nft.Attach) (*nft.Firewall, error) {
 			opened = append(opened, table)
 			return nil, errors.New("no kernel in unit tests")
 		}}

@@ -25,16 +25,26 @@ var statusCmd = &command{
 	help: `Reads the daemon's table from the kernel: whether it is installed, its
 doors, and every live grant in the doors' sets with the time it has left
 and, when the daemon knew, whose key made it (the element's comment).
-With -config it also reads the authorized_keys files of the public-key
-SPA doors, as the daemon does, and lists the keys each trusts now and
-what it skips. Works whether nftknockd runs or not. Exits 3 when the
-table is not installed.
+Works whether nftknockd runs or not. Exits 3 when the table is not
+installed. With -config it also reads the authorized_keys files of the
+public-key SPA doors, as the daemon does, and lists the keys each trusts
+now and what it skips; and with attach in the configuration, it reads the
+daemon's chain and sets in the admin's table, and says whether the admin's
+chain jumps to the daemon's: without the jump nothing is gated.
 
 -json prints one object:
 
   {
-    "table": "nftknock",        the table inet it looked at
+    "table": "nftknock",        the table inet it looked at (attached: the
+                                admin's, e.g. "filter")
     "installed": true,          false: the other fields are empty
+    "attach": {                 only with attach in the configuration
+      "chain": "input",         the admin's chain that must jump
+      "jumps": [                one per chain of the daemon's there
+        {"chain": "nftknock", "from": "input", "present": true,
+         "position": 1}         the jump's rule number in "from"; 0 if absent
+      ]
+    },
     "doors": ["ssh"],           doors the table has sets for
     "grants": [                 by door, IPv4 before IPv6, by address
       {
@@ -97,10 +107,23 @@ may be added, never renamed or removed.`,
 type statusJSON struct {
 	Table     string        `json:"table"`
 	Installed bool          `json:"installed"`
+	Attach    *attachJSON   `json:"attach,omitempty"`
 	Doors     []string      `json:"doors"`
 	Grants    []grantJSON   `json:"grants"`
 	Keys      []keyJSON     `json:"keys"`
 	Skipped   []skippedJSON `json:"skipped"`
+}
+
+type attachJSON struct {
+	Chain string     `json:"chain"`
+	Jumps []jumpJSON `json:"jumps"`
+}
+
+type jumpJSON struct {
+	Chain    string `json:"chain"`
+	From     string `json:"from"`
+	Present  bool   `json:"present"`
+	Position int    `json:"position"`
 }
 
 type grantJSON struct {
@@ -144,6 +167,19 @@ func status(e *env, fw *nft.Firewall, cfg *config.Config, asJSON bool) int {
 		out.Installed = true
 		out.Doors = append(out.Doors, doors...)
 	}
+	var jumps []nft.Jump
+	if a := fw.Attached(); a != nil {
+		out.Attach = &attachJSON{Chain: a.Chain, Jumps: []jumpJSON{}}
+		if out.Installed {
+			if jumps, err = fw.Jumps(); err != nil {
+				fail(e, "status", err)
+				return exitFail
+			}
+		}
+		for _, j := range jumps {
+			out.Attach.Jumps = append(out.Attach.Jumps, jumpJSON{Chain: j.Chain, From: j.From, Present: j.Present, Position: j.Position})
+		}
+	}
 	var grants []nft.Grant
 	if out.Installed && len(doors) > 0 {
 		if grants, err = fw.Grants(); err != nil {
@@ -184,7 +220,7 @@ func status(e *env, fw *nft.Firewall, cfg *config.Config, asJSON bool) int {
 			return exitFail
 		}
 	} else {
-		printStatus(e.stdout, out, grants)
+		printStatus(e.stdout, fw.Where(), out, grants, jumps)
 		if cfg != nil {
 			printKeys(e.stdout, out, cfg)
 		}
@@ -195,16 +231,28 @@ func status(e *env, fw *nft.Firewall, cfg *config.Config, asJSON bool) int {
 	return exitOK
 }
 
-func printStatus(w io.Writer, s statusJSON, grants []nft.Grant) {
+func printStatus(w io.Writer, where string, s statusJSON, grants []nft.Grant, jumps []nft.Jump) {
 	if !s.Installed {
-		fmt.Fprintf(w, "table inet %s: not installed (nftknockd installs it when it starts)\n", s.Table)
+		hint := "nftknockd installs it when it starts"
+		if s.Attach == nil {
+			hint += "; if its configuration has attach, give -config"
+		}
+		fmt.Fprintf(w, "%s: not installed (%s)\n", where, hint)
 		return
 	}
 	doors := strings.Join(s.Doors, ", ")
 	if doors == "" {
 		doors = "none"
 	}
-	fmt.Fprintf(w, "table inet %s: installed; doors: %s\n", s.Table, doors)
+	fmt.Fprintf(w, "%s: installed; doors: %s\n", where, doors)
+	for _, j := range jumps {
+		if j.Present {
+			fmt.Fprintf(w, "jump: %s\n", j)
+		} else {
+			fmt.Fprintf(w, "jump MISSING: %s: its rules never run, nothing is gated; add `jump %s` first in your chain %s (and `chain %s {}` to your ruleset file)\n",
+				j, j.Chain, j.From, j.Chain)
+		}
+	}
 	if len(grants) == 0 {
 		fmt.Fprintln(w, "no live grants")
 		return

@@ -68,7 +68,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, err)
 			return 1
 		}
-		for _, w := range engine.Warnings(cfg) {
+		// Reading the ruleset is all -check does with it.
+		for _, w := range engine.Warnings(cfg, findDNAT) {
 			fmt.Fprintf(stderr, "warning: %s\n", w)
 		}
 		fmt.Fprintf(stdout, "%s: OK\n", *path)
@@ -131,18 +132,21 @@ func load(log *zap.Logger, path string) (*config.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, w := range engine.Warnings(cfg) {
+	for _, w := range engine.Warnings(cfg, findDNAT) {
 		log.Warn(w, zap.String("config", path))
 	}
 	return cfg, nil
 }
+
+// findDNAT looks in the namespace the daemon runs in.
+func findDNAT(ports []config.Port) ([]nft.DNAT, error) { return nft.FindDNAT(ports) }
 
 func removeTable(path string) error {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return fmt.Errorf("%w (-remove reads the table name from the config)", err)
 	}
-	fw, err := nft.Open(cfg.Table)
+	fw, err := daemon.OpenFirewall(cfg)
 	if err != nil {
 		return err
 	}

@@ -34,6 +34,36 @@ table inet filter {
 }
 `
 
+// AttachedAdminRuleset is AdminRuleset written for nftknock's attach mode
+// (attach = "inet filter input"): `jump nftknock` first in the input chain,
+// and the empty `chain nftknock {}` that nft needs declared before it
+// loads a file that jumps to it. Port 22 is still not allowed: only a
+// knock lets a source in.
+const AttachedAdminRuleset = `#!/usr/sbin/nft -f
+
+flush ruleset
+
+table inet filter {
+	chain nftknock {
+	}
+	chain input {
+		type filter hook input priority filter; policy drop;
+		jump nftknock
+		ct state established,related accept
+		ct state invalid drop
+		iif "lo" accept
+		meta l4proto { icmp, ipv6-icmp } accept
+		tcp dport 80 accept
+	}
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+	}
+	chain output {
+		type filter hook output priority filter; policy accept;
+	}
+}
+`
+
 // LoadRuleset loads ruleset with `nft -f -` in network namespace netns, as
 // `systemctl start nftables` loads /etc/nftables.conf. A ruleset that
 // begins with `flush ruleset` (AdminRuleset does) deletes every table in

@@ -7,6 +7,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -73,7 +74,7 @@ func Run(ctx context.Context, o Options) error {
 		src, overruns = nl, nl.Overruns
 	}
 	if fw == nil {
-		f, err := nft.Open(cfg.Table)
+		f, err := OpenFirewall(cfg)
 		if err != nil {
 			return err
 		}
@@ -96,7 +97,7 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		}
 		o.Log.Info("nftknockd started",
-			zap.String("config", cfg.File), zap.String("table", "inet "+cfg.Table),
+			zap.String("config", cfg.File), zap.String("table", strings.TrimPrefix(engine.Where(cfg), "table ")),
 			zap.Uint16("nflog_group", cfg.NFLOGGroup), zap.Strings("doors", engine.DoorNames(cfg)))
 		// Only now: the table is installed and the NFLOG group bound.
 		if o.Ready != nil {
@@ -131,6 +132,15 @@ func Run(ctx context.Context, o Options) error {
 	}
 	o.Log.Info("nftknockd stopping: the table stays, live grants run out on their own", fields...)
 	return nil
+}
+
+// OpenFirewall opens the nftables side of cfg: the daemon's own table, or
+// attached, its chain in the admin's table.
+func OpenFirewall(cfg *config.Config) (*nft.Firewall, error) {
+	if a := cfg.Attach; a != nil {
+		return nft.OpenAttached(nft.Attach{Table: a.Table, Chain: a.Chain}, cfg.Table)
+	}
+	return nft.Open(cfg.Table)
 }
 
 // CopyRange is how much of each logged packet NFLOG hands the daemon,

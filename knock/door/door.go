@@ -150,8 +150,12 @@ type Maker interface {
 // grants so (GrantsPerPort).
 func Gate(d *config.Door) plan.Door {
 	pp, _ := d.Kind.(interface{ GrantsPerPort() bool })
-	return plan.Door{Name: d.Name, Open: d.Open, Anyone: d.OpenToAnyone, AlwaysAllow: d.AlwaysAllow, MaxGrants: d.MaxGrants,
-		PerPort: pp != nil && pp.GrantsPerPort()}
+	g := plan.Door{Name: d.Name, Open: d.Open, Anyone: d.OpenToAnyone, AlwaysAllow: d.AlwaysAllow, MaxGrants: d.MaxGrants,
+		PerPort: pp != nil && pp.GrantsPerPort(), To: d.To, ForwardTo: d.ForwardTo}
+	if d.Hook == config.HookForward {
+		g.Hook = plan.HookForward
+	}
+	return g
 }
 
 // fieldError is a problem with a file a door's field names.

@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -157,7 +158,7 @@ func (e *Engine) Reload() {
 // Status is the one line `systemctl status` shows.
 func (e *Engine) Status() string {
 	cfg := e.gen.cfg
-	return fmt.Sprintf("table inet %s, NFLOG group %d, doors: %s", cfg.Table, cfg.NFLOGGroup, strings.Join(DoorNames(cfg), ", "))
+	return fmt.Sprintf("%s, NFLOG group %d, doors: %s", Where(cfg), cfg.NFLOGGroup, strings.Join(DoorNames(cfg), ", "))
 }
 
 func (e *Engine) ready() {
@@ -521,6 +522,9 @@ func (g *generation) actionsOf(d door.Door) door.Actions {
 func (e *Engine) layout(g *generation) (map[string]int, *plan.Plan) {
 	route := map[string]int{plan.ScanPrefix: -1}
 	b := plan.NewBuilder(g.cfg.Table, g.cfg.NFLOGGroup, e.prefix)
+	if g.cfg.Attach != nil {
+		b.Attach()
+	}
 	for i, d := range g.doors {
 		b.Door(door.Gate(d.Config()))
 		d.Plan(b)
@@ -585,6 +589,9 @@ func sameOwnership(old, cfg *config.Config) error {
 	if old.Table != cfg.Table {
 		return fmt.Errorf("%s: table: changed from %q to %q: restart nftknockd to move tables (and run `nftknockd -remove` with the old config first)", cfg.File, old.Table, cfg.Table)
 	}
+	if !reflect.DeepEqual(old.Attach, cfg.Attach) {
+		return fmt.Errorf("%s: attach: changed from %s to %s: restart nftknockd to move its rules (and run `nftknockd -remove` with the old config first)", cfg.File, attachText(old), attachText(cfg))
+	}
 	if old.NFLOGGroup != cfg.NFLOGGroup {
 		return fmt.Errorf("%s: nflog_group: changed from %d to %d: restart nftknockd to change it", cfg.File, old.NFLOGGroup, cfg.NFLOGGroup)
 	}
@@ -600,8 +607,74 @@ func DoorNames(cfg *config.Config) []string {
 	return names
 }
 
+func attachText(cfg *config.Config) string {
+	if cfg.Attach == nil {
+		return "none (a table of its own)"
+	}
+	return fmt.Sprintf("%q", cfg.Attach.String())
+}
+
+// Where names where cfg's rules go, for messages: "table inet nftknock",
+// or "chain nftknock in table inet filter".
+func Where(cfg *config.Config) string {
+	if cfg.Attach == nil {
+		return "table inet " + cfg.Table
+	}
+	return "chain " + cfg.Table + " in table inet " + cfg.Attach.Table
+}
+
+// FindDNAT finds the rules that DNAT connections to ports elsewhere: what
+// nft.FindDNAT does in the daemon's network namespace. Tests give another.
+type FindDNAT func(ports []config.Port) ([]nft.DNAT, error)
+
 // Warnings are what cfg would do that a user would not want, though it is
-// valid: see config.Warnings.
-func Warnings(cfg *config.Config) []string {
-	return config.Warnings(cfg)
+// valid: see config.Warnings; and, when find is given, a door on the input
+// hook whose opened port a rule of the ruleset DNATs elsewhere (Docker's
+// published ports, a router's port forward): such connections are
+// forwarded, never reach the input hook, and the door gates nothing for
+// them. find only reads the ruleset; when it cannot (no root, no
+// netlink), the warning says it could not look.
+func Warnings(cfg *config.Config, find FindDNAT) []string {
+	ws := config.Warnings(cfg)
+	if find == nil {
+		return ws
+	}
+	var ports []config.Port
+	for _, d := range cfg.Doors {
+		if d.Hook != config.HookInput {
+			continue
+		}
+		for _, p := range d.Open {
+			if p.Proto != config.ICMP && !slices.Contains(ports, p) {
+				ports = append(ports, p)
+			}
+		}
+	}
+	if len(ports) == 0 {
+		return ws
+	}
+	found, err := find(ports)
+	if err != nil && len(found) == 0 {
+		hint := ""
+		if errors.Is(err, os.ErrPermission) {
+			hint = " (reading the ruleset needs CAP_NET_ADMIN: run as root to look)"
+		}
+		return append(ws, fmt.Sprintf("%s: could not look for rules that DNAT the doors' ports elsewhere, which doors on the input hook would not gate: %v%s", cfg.File, err, hint))
+	}
+	for _, d := range cfg.Doors {
+		if d.Hook != config.HookInput {
+			continue
+		}
+		for _, dn := range found {
+			if !slices.ContainsFunc(d.Open, func(p config.Port) bool { return p == dn.Port }) {
+				continue
+			}
+			ws = append(ws, fmt.Sprintf("%s: door %q: open %s: %s: connections to %s are DNAT'd and forwarded, never reaching the input hook this door gates, so it gates nothing for them: set hook = \"forward\" on the door",
+				cfg.File, d.Name, dn.Port, dn, dn.Port))
+		}
+	}
+	if err != nil {
+		ws = append(ws, fmt.Sprintf("%s: some chains could not be read in the look for rules that DNAT the doors' ports elsewhere: %v", cfg.File, err))
+	}
+	return ws
 }

@@ -57,6 +57,8 @@ seq_timeout = "5s"
 open = ["22:tcp", "8443:tcp"]
 open_for = "1h"
 `,
+		"ruleset_forward":  ssh + forwardDoors,
+		"ruleset_attached": "attach = \"inet filter input\"\n" + ssh + forwardDoors,
 		"ruleset_doors": ssh + `
 [[door]]
 name = "vpn"
@@ -76,6 +78,44 @@ open_for = "30s"
 	}
 }
 
+// forwardDoors are a door for a port Docker publishes and a router's door
+// (port forwards on its public addresses, hosts behind it).
+const forwardDoors = `
+[[door]]
+name = "panel"
+hook = "forward"
+sequence = ["7100:tcp", "8100:udp"]
+seq_timeout = "5s"
+open = ["8443:tcp"]
+open_for = "1h"
+
+[[door]]
+name = "lan"
+hook = "forward"
+sequence = ["7200:tcp", "8200:udp"]
+seq_timeout = "5s"
+to = ["203.0.113.5"]
+open = ["2222:tcp"]
+forward_to = ["192.168.1.10:22", "[2001:db8:1::10]:22"]
+open_for = "30s"
+`
+
+// adminRuleset is an admin's ruleset for attach mode.
+const adminRuleset = `table inet filter {
+	chain nftknock {}
+	chain nftknock_forward {}
+	chain input {
+		type filter hook input priority filter; policy drop;
+		jump nftknock
+		ct state established,related accept
+	}
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		jump nftknock_forward
+	}
+}
+`
+
 // TestKernelRuleset checks what `nft list table` shows once the daemon's
 // plan for each config is installed against testdata/<case>.nft (rerun
 // with UPDATE_GOLDEN=1 to rewrite them, and review the diff): what a user
@@ -93,7 +133,13 @@ func TestKernelRuleset(t *testing.T) {
 				t.Fatal(err)
 			}
 			ns := nstest.New(t)
+			table := cfg.Table
 			fw, err := nft.Open(cfg.Table, nftables.WithNetNSFd(ns.FD))
+			if a := cfg.Attach; a != nil {
+				ns.Run(t, adminRuleset, "nft", "-f", "-")
+				table = a.Table
+				fw, err = nft.OpenAttached(nft.Attach{Table: a.Table, Chain: a.Chain}, cfg.Table, nftables.WithNetNSFd(ns.FD))
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -101,7 +147,7 @@ func TestKernelRuleset(t *testing.T) {
 			if _, err := fw.Install(p); err != nil {
 				t.Fatal(err)
 			}
-			got := trimLines(ns.Run(t, "", "nft", "list", "table", "inet", cfg.Table))
+			got := trimLines(ns.Run(t, "", "nft", "list", "table", "inet", table))
 			path := filepath.Join("testdata", name+".nft")
 			if updateGolden {
 				if err := os.WriteFile(path, []byte(got+"\n"), 0o644); err != nil {

@@ -67,6 +67,12 @@ type SetReader interface {
 	Close() error
 }
 
+// jumpChecker is what an attached nft.Firewall does besides: say whether
+// the admin's ruleset jumps to the daemon's chains (nft.Firewall.Jumps).
+type jumpChecker interface {
+	Jumps() ([]nft.Jump, error)
+}
+
 // Watcher is what the gate needs of nft.Watcher.
 type Watcher interface {
 	C() <-chan struct{}
@@ -163,6 +169,9 @@ type Gate struct {
 	reading  *readRun
 	readDone chan setsRead
 	readers  sync.WaitGroup
+	// unjumped are the daemon's chains the admin's ruleset does not jump
+	// to, as last reported (attach mode).
+	unjumped map[string]bool
 	backoff  time.Duration
 	retryAt  time.Time
 	pending  nft.Change // changes to look at again at retryAt
@@ -479,7 +488,39 @@ func (g *Gate) install(p *plan.Plan, doors []*config.Door) error {
 		g.readSets(false)
 	}
 	g.seeded = true
+	g.unjumped = nil
+	g.checkJumps()
 	return nil
+}
+
+// checkJumps says, in attach mode, when the admin's ruleset does not jump
+// to one of the daemon's chains (its rules are then never run: nothing is
+// gated, no knock is heard), and when it does again. It reads the
+// ruleset; it never adds the jump, which is the admin's to write.
+func (g *Gate) checkJumps() {
+	jc, ok := g.fw.(jumpChecker)
+	if !ok {
+		return
+	}
+	jumps, err := jc.Jumps()
+	if err != nil {
+		g.log.Warn("could not check that your ruleset jumps to nftknock's chain", zap.Error(err))
+		return
+	}
+	was := g.unjumped
+	g.unjumped = map[string]bool{}
+	for _, j := range jumps {
+		switch {
+		case !j.Present:
+			g.unjumped[j.Chain] = true
+			if was == nil || !was[j.Chain] {
+				g.log.Warn("your ruleset does not jump to nftknock's chain: its rules never run, so nothing is gated and no knock is heard; add `jump "+j.Chain+"` as the first rule of your chain (and `chain "+j.Chain+" {}` to your ruleset file)",
+					zap.String("chain", j.Chain), zap.String("from", j.From))
+			}
+		case was != nil && was[j.Chain]:
+			g.log.Info("your ruleset jumps to nftknock's chain again", zap.String("chain", j.Chain), zap.Stringer("jump", j))
+		}
+	}
 }
 
 // restoreSet queues the ledger's grants of set to be put back.
@@ -568,7 +609,7 @@ func (g *Gate) healed() {
 	h := g.healing
 	g.healing = nil
 	g.log.Warn(fmt.Sprintf("table gone: re-installed with %d live grants restored", h.restored),
-		zap.String("table", "inet "+g.plan.Table), zap.Duration("took", g.now().Sub(h.start)))
+		g.where(), zap.Duration("took", g.now().Sub(h.start)))
 }
 
 // grants writes r and every grant request queued behind it, set by set.
@@ -714,6 +755,9 @@ func (g *Gate) opened(q *Grant, now time.Time) {
 	}
 	fields := []zap.Field{zap.String("door", d.Name), zap.Stringer("source", q.Source), zap.String("to", to),
 		zap.Duration("for", cmp.Or(q.For, d.OpenFor)), zap.Stringers("ports", ports)}
+	if len(d.ForwardTo) > 0 {
+		fields = append(fields, zap.Stringers("forward_to", d.ForwardTo))
+	}
 	if q.By != "" {
 		fields = append(fields, zap.String("key", q.By))
 	}
@@ -857,13 +901,15 @@ func (g *Gate) changes() {
 		healed, err := g.heal(ch)
 		if err != nil {
 			g.log.Error("the table is damaged or could not be checked, and re-installing it failed; retrying",
-				zap.String("table", "inet "+g.plan.Table), zap.Duration("retry_in", g.backoff), zap.Error(err))
+				g.where(), zap.Duration("retry_in", g.backoff), zap.Error(err))
 			g.again(ch)
 			return
 		}
 		if healed {
+			g.checkJumps()
 			return // the ledger is the truth the table was rebuilt from
 		}
+		g.checkJumps() // the admin may have edited their chain
 	}
 	now := g.now()
 	for _, e := range elems {
@@ -901,10 +947,11 @@ func (g *Gate) afterOverrun() {
 	healed, err := g.heal(nft.Overrun)
 	if err != nil {
 		g.log.Error("the table could not be checked, or re-installing it failed; retrying",
-			zap.String("table", "inet "+g.plan.Table), zap.Duration("retry_in", g.backoff), zap.Error(err))
+			g.where(), zap.Duration("retry_in", g.backoff), zap.Error(err))
 		g.again(nft.Overrun)
 		return
 	}
+	g.checkJumps()
 	if !healed {
 		g.readSets(true)
 	}
@@ -942,7 +989,7 @@ func (g *Gate) heal(seen nft.Change) (bool, error) {
 	g.backoff = healRetryMin
 	g.healing = &healRun{start: start}
 	g.log.Info("the table was damaged or deleted: its rules and sets are back; putting its grants back",
-		zap.String("table", "inet "+g.plan.Table), zap.Stringer("seen", seen), zap.Int("grants", left),
+		g.where(), zap.Stringer("seen", seen), zap.Int("grants", left),
 		zap.Duration("gate_back_in", back))
 	if len(g.restore) > 0 {
 		g.restoreChunk()
@@ -950,6 +997,15 @@ func (g *Gate) heal(seen nft.Change) (bool, error) {
 		g.healed()
 	}
 	return true, nil
+}
+
+// where names what the gate installed, for its log lines: its table, or
+// attached, its chain in the admin's table.
+func (g *Gate) where() zap.Field {
+	if g.plan.Attached {
+		return zap.String("chain", g.plan.Table)
+	}
+	return zap.String("table", "inet "+g.plan.Table)
 }
 
 // withPorts is p with the port sets holding what they were last told.

@@ -36,6 +36,10 @@ type Plan struct {
 	Chains []Chain
 	// Doors are the doors whose grants the sets hold, in config order.
 	Doors []Door
+	// Attached: the chains are regular chains that an admin's base chains
+	// jump to (attach mode), not base chains of a table of the daemon's
+	// own. Package nft places them.
+	Attached bool
 }
 
 // Role says what a set is for, and so what an install does with one that
@@ -87,7 +91,9 @@ const (
 	HookForward
 )
 
-// Chain is a base chain of the table with its rules.
+// Chain is a chain of the plan with its rules: a base chain on Hook at
+// Priority, or, in an attached plan, a regular chain that the admin's
+// chain on Hook jumps to.
 type Chain struct {
 	Name     string
 	Hook     Hook
@@ -119,6 +125,15 @@ type Door struct {
 	// shows what each source got. Anyone takes precedence (the config
 	// refuses the two together).
 	PerPort bool
+	// Hook is HookForward for a door that gates routed connections (its
+	// Open as the client addressed them, on the forward hook and on the
+	// input hook, and its ForwardTo); anything else is an input door.
+	Hook Hook
+	// To narrows a forward door's Open to these destination addresses.
+	To []netip.Addr
+	// ForwardTo are hosts and ports behind the router a forward door
+	// gates by their own address.
+	ForwardTo []config.Dest
 }
 
 // GrantSet names the set that holds door's grant to addr, and the
@@ -202,15 +217,22 @@ func allowSetName(door string, v6 bool) string {
 	return door + "_allow_v4"
 }
 
-// ChainName is the input chain of the table.
-const ChainName = "input"
+// ChainName is the input chain of the table; ForwardChainName the forward
+// chain, which a plan has when a door is on the forward hook.
+const (
+	ChainName        = "input"
+	ForwardChainName = "forward"
+)
 
-// ChainPriority is "filter - 10": the chain runs just before the usual
-// filter chains at priority 0 (the host's own firewall, firewalld, ufw,
-// Docker...). Knock packets must be logged even when that firewall drops
-// them, and a base chain with a lower number sees the packet first; an
-// accept here does not stop a later chain from dropping, so the host's
-// firewall keeps the last word on everything nftknock does not gate.
+// ChainPriority is "filter - 10", for both chains: they run just before
+// the usual filter chains at priority 0 (the host's own firewall, ufw's,
+// Docker's FORWARD and DOCKER-USER) and firewalld's at filter + 10.
+// Knock packets must be logged even when that firewall drops them, and
+// the gate's drop must come first: a base chain with a lower number sees
+// the packet first, and a drop is final whatever a later chain accepts
+// (firewalld's forward chain accepts `ct status dnat`). An accept here
+// does not stop a later chain from dropping, so the host's firewall keeps
+// the last word on everything nftknock does not gate.
 const ChainPriority = -10
 
 // ScanPrefix is the NFLOG prefix of the scan rule. Door names are
@@ -304,6 +326,8 @@ type Builder struct {
 	prefix func(door string) string
 
 	doors []*doorPlan
+	// attached: the plan's chains are jumped to from an admin's chains.
+	attached bool
 	// steps are the knock steps in the order doors first name them, each
 	// with the doors that use it.
 	steps []*stepPlan
@@ -343,6 +367,12 @@ type stepUse struct {
 func NewBuilder(table string, group uint16, prefix func(door string) string) *Builder {
 	return &Builder{table: table, group: group, prefix: prefix}
 }
+
+// Attach lays the plan out for attach mode: its chains are jumped to from
+// an admin's base chains, so an accept in them is an accept in the
+// admin's chain. Loopback then returns to the admin's rules instead of
+// being accepted.
+func (b *Builder) Attach() { b.attached = true }
 
 // Door adds a door, with its gate. Call it in config order, before the
 // door's capture calls.
@@ -421,7 +451,7 @@ func (b *Builder) SizedDatagram(door string, port config.Port, size uint16, when
 
 // Build lays the plan out.
 func (b *Builder) Build() *Plan {
-	p := &Plan{Table: b.table}
+	p := &Plan{Table: b.table, Attached: b.attached}
 	for _, d := range b.doors {
 		p.Doors = append(p.Doors, d.Door)
 	}
@@ -430,12 +460,16 @@ func (b *Builder) Build() *Plan {
 	for _, s := range p.Sets {
 		setID[s.Name] = s.ID
 	}
-	rules := b.gate(setID)
-	rules = append(rules, b.capture(setID)...)
-	for i := range rules {
-		rules[i].Comment = clip(rules[i].Comment)
+	input := append(b.gate(setID, HookInput), b.capture(setID)...)
+	p.Chains = []Chain{{Name: ChainName, Hook: HookInput, Priority: ChainPriority, Rules: input}}
+	if slices.ContainsFunc(b.doors, func(d *doorPlan) bool { return d.Hook == HookForward }) {
+		p.Chains = append(p.Chains, Chain{Name: ForwardChainName, Hook: HookForward, Priority: ChainPriority, Rules: b.gate(setID, HookForward)})
 	}
-	p.Chains = []Chain{{Name: ChainName, Hook: HookInput, Priority: ChainPriority, Rules: rules}}
+	for _, c := range p.Chains {
+		for i := range c.Rules {
+			c.Rules[i].Comment = clip(c.Rules[i].Comment)
+		}
+	}
 	return p
 }
 
@@ -514,50 +548,64 @@ func PortElements(ports []uint16) []nftables.SetElement {
 	return els
 }
 
-// gate lays out the gate rules, in order:
+// gate lays out the gate rules of the chain on hook, in order:
 //
-//  1. loopback accept;
-//  2. per door and opened port, accept the door's always_allow networks;
-//  3. per distinct opened port, accept connections conntrack already knows,
+//  1. on the input hook, loopback accept (return, when the chain is jumped
+//     to from an admin's chain: the admin's rules decide about loopback);
+//  2. per door and target, accept the door's always_allow networks;
+//  3. per distinct target, accept connections conntrack already knows,
 //     so a session outlives the grant that let it in;
-//  4. per door and opened port, accept sources in the door's sets (or
+//  4. per door and target, accept sources in the door's sets (or
 //     everyone, while an open_to = "anyone" door's set holds the family);
-//     a door that grants per port has one rule a family instead, whose
-//     set's elements name the address, protocol and port;
-//  5. per distinct opened port, drop everything else.
+//     a door that grants per port has one rule a family instead, on the
+//     input hook only, whose set's elements name the address, protocol
+//     and port;
+//  5. per distinct target, drop everything else.
 //
-// Ports keep the order in which the config first names them.
-func (b *Builder) gate(setID map[string]uint32) []Rule {
-	lookup := func(name string, v6 bool) []expr.Any { return MatchSaddrInSet(name, setID[name], v6) }
-	rules := []Rule{{
-		Exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("lo")},
-			&expr.Verdict{Kind: expr.VerdictAccept},
-		},
-		Comment: "loopback is never gated",
-	}}
+// A target is what a door gates on the hook (see targetsOf): on the input
+// hook its opened ports; on the forward hook a forward door's opened ports
+// as the client addressed them, and its forward_to hosts. Targets keep the
+// order in which the config first names them.
+func (b *Builder) gate(setID map[string]uint32, hook Hook) []Rule {
+	var rules []Rule
+	if hook == HookInput {
+		lo := expr.VerdictAccept
+		if b.attached {
+			lo = expr.VerdictReturn
+		}
+		rules = append(rules, Rule{
+			Exprs: []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("lo")},
+				&expr.Verdict{Kind: lo},
+			},
+			Comment: "loopback is never gated",
+		})
+	}
 
-	// Opened ports and the doors that open each.
-	var opened []config.Port
-	openers := map[config.Port][]string{}
+	// Targets and the doors that gate each.
+	var targets []target
+	openers := map[target][]string{}
 	for _, d := range b.doors {
-		for _, p := range d.Open {
-			if _, ok := openers[p]; !ok {
-				opened = append(opened, p)
+		for _, t := range targetsOf(d.Door, hook) {
+			if _, ok := openers[t]; !ok {
+				targets = append(targets, t)
 			}
-			if !slices.Contains(openers[p], d.Name) {
-				openers[p] = append(openers[p], d.Name)
+			if !slices.Contains(openers[t], d.Name) {
+				openers[t] = append(openers[t], d.Name)
 			}
 		}
 	}
+	lookup := func(t target, name string, v6 bool) []expr.Any {
+		return append(t.saddr(v6), &expr.Lookup{SourceRegister: 1, SetName: name, SetID: setID[name]})
+	}
 
 	for _, d := range b.doors {
-		for _, p := range distinct(d.Open) {
-			for _, f := range families {
+		for _, t := range targetsOf(d.Door, hook) {
+			for _, f := range t.families() {
 				if name := allowSetName(d.Name, f.v6); setID[name] != 0 {
 					rules = append(rules, Rule{
-						Exprs:   concat(MatchPort(p), lookup(name, f.v6), counterVerdict(expr.VerdictAccept)),
+						Exprs:   concat(t.match(), lookup(t, name, f.v6), counterVerdict(expr.VerdictAccept)),
 						Comment: "door " + d.Name + ": always_allow",
 					})
 				}
@@ -565,20 +613,24 @@ func (b *Builder) gate(setID map[string]uint32) []Rule {
 		}
 	}
 
-	for _, p := range opened {
-		who := "door " + openers[p][0]
-		if len(openers[p]) > 1 {
-			who = "doors " + strings.Join(openers[p], ", ")
+	for _, t := range targets {
+		who := "door " + openers[t][0]
+		if len(openers[t]) > 1 {
+			who = "doors " + strings.Join(openers[t], ", ")
 		}
 		rules = append(rules, Rule{
-			Exprs:   concat(MatchPort(p), ctEstablished(), counterVerdict(expr.VerdictAccept)),
+			Exprs:   concat(t.match(), ctEstablished(), counterVerdict(expr.VerdictAccept)),
 			Comment: who + ": connections already let in stay up",
 		})
 	}
 
 	for _, d := range b.doors {
 		if d.PerPort && !d.Anyone {
-			// One rule a family: the element names the port.
+			// One rule a family: the element names the port. The config
+			// refuses a per-port door on the forward hook.
+			if hook != HookInput {
+				continue
+			}
 			for _, f := range families {
 				name := SetName(d.Name, f.v6)
 				rules = append(rules, Rule{
@@ -588,11 +640,11 @@ func (b *Builder) gate(setID map[string]uint32) []Rule {
 			}
 			continue
 		}
-		for _, p := range distinct(d.Open) {
+		for _, t := range targetsOf(d.Door, hook) {
 			if d.Anyone {
 				name := AnyoneSetName(d.Name)
 				rules = append(rules, Rule{
-					Exprs: concat(MatchPort(p), []expr.Any{
+					Exprs: concat(t.match(), []expr.Any{
 						&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 						&expr.Lookup{SourceRegister: 1, SetName: name, SetID: setID[name]},
 					}, counterVerdict(expr.VerdictAccept)),
@@ -600,18 +652,18 @@ func (b *Builder) gate(setID map[string]uint32) []Rule {
 				})
 				continue
 			}
-			for _, f := range families {
+			for _, f := range t.families() {
 				rules = append(rules, Rule{
-					Exprs:   concat(MatchPort(p), lookup(SetName(d.Name, f.v6), f.v6), counterVerdict(expr.VerdictAccept)),
+					Exprs:   concat(t.match(), lookup(t, SetName(d.Name, f.v6), f.v6), counterVerdict(expr.VerdictAccept)),
 					Comment: "door " + d.Name + ": sources that knocked",
 				})
 			}
 		}
 	}
 
-	for _, p := range opened {
+	for _, t := range targets {
 		rules = append(rules, Rule{
-			Exprs:   concat(MatchPort(p), counterVerdict(expr.VerdictDrop)),
+			Exprs:   concat(t.match(), counterVerdict(expr.VerdictDrop)),
 			Comment: "closed to everyone else",
 		})
 	}
@@ -697,7 +749,7 @@ func (b *Builder) capture(setID map[string]uint32) []Rule {
 					&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
 				}, MatchSaddrInSet(sf.name, setID[sf.name], sf.v6), []expr.Any{
 					&expr.Counter{},
-					&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: b.group, Data: []byte(ScanPrefix)},
+					&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: b.group, Data: logPrefix(ScanPrefix)},
 				}),
 				Comment: "a knocking source tried another port: its knock is broken off",
 			})
@@ -718,8 +770,17 @@ func (b *Builder) capture(setID map[string]uint32) []Rule {
 func (b *Builder) log(door string) []expr.Any {
 	return []expr.Any{
 		&expr.Counter{},
-		&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: b.group, Data: []byte(b.prefix(door))},
+		&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: b.group, Data: logPrefix(b.prefix(door))},
 	}
+}
+
+// logPrefix is a log expression's prefix, with no spare capacity:
+// google/nftables v0.3.0 marshals it as append(Data, 0), which would
+// write into spare capacity of the plan's own slice, a data race when two
+// goroutines marshal one plan.
+func logPrefix(s string) []byte {
+	b := []byte(s)
+	return b[:len(b):len(b)]
 }
 
 // knockRules are a door's rules for one knock step: the kernel matches

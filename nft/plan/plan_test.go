@@ -45,10 +45,17 @@ func TestBuildersGolden(t *testing.T) {
 		{"tcp dport @rot_first", matchPortInSet(config.TCP, "rot_first", 3)},
 		{"ip saddr . meta l4proto . th dport @fw_v4", MatchSaddrPortInSet("fw_v4", 4, false)},
 		{"ip6 saddr . meta l4proto . th dport @fw_v6", MatchSaddrPortInSet("fw_v6", 5, true)},
+		{"meta l4proto tcp ct status dnat ct original proto-dst 8443", target{kind: targetDNAT, port: tcp(8443)}.match()},
+		{"meta l4proto udp ct status dnat ct original proto-dst 60000-61000", target{kind: targetDNAT, port: config.Port{Num: 60000, Last: 61000, Proto: config.UDP}}.match()},
+		{"ct original ip daddr 203.0.113.5 meta l4proto tcp ct original proto-dst 2222", target{kind: targetOriginal, port: tcp(2222), addr: netip.MustParseAddr("203.0.113.5")}.match()},
+		{"ct original ip6 daddr 2001:db8::5", CtOriginalDaddr(netip.MustParseAddr("2001:db8::5"))},
+		{"ip daddr 192.168.1.10 tcp dport 22", target{kind: targetPacket, port: tcp(22), addr: netip.MustParseAddr("192.168.1.10")}.match()},
+		{"ip6 daddr 2001:db8:1::10 tcp dport 22", target{kind: targetPacket, port: tcp(22), addr: netip.MustParseAddr("2001:db8:1::10")}.match()},
+		{"(after ip daddr) ip saddr", target{kind: targetPacket, port: tcp(22), addr: netip.MustParseAddr("192.168.1.10")}.saddr(false)},
 	} {
 		fmt.Fprintf(&got, "# %s\n", b.name)
 		for _, e := range b.exprs {
-			data, err := expr.Marshal(byte(0), e)
+			data, err := MarshalExpr(byte(0), e)
 			if err != nil {
 				t.Fatal(err)
 			}
