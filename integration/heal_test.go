@@ -70,13 +70,25 @@ func watchTable(t *testing.T, l *lab.Lab) *tableEvents {
 }
 
 // healedWithin waits until the table was deleted and then added again,
-// and returns the time between the two notifications.
+// and fails the test unless that took at most within.
 func (te *tableEvents) healedWithin(t *testing.T, within time.Duration) time.Duration {
 	t.Helper()
-	deadline := time.Now().Add(within + 2*time.Second)
+	del, add := te.deletedThenAdded(t, within+2*time.Second)
+	took := add.Sub(del)
+	if took > within {
+		t.Errorf("table back %v after it was deleted; want within %v", took, within)
+	}
+	return took
+}
+
+// deletedThenAdded waits, for at most wait, until the table was deleted
+// and then added again, and says when each happened.
+func (te *tableEvents) deletedThenAdded(t *testing.T, wait time.Duration) (del, add time.Time) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
 	for time.Now().Before(deadline) {
 		te.mu.Lock()
-		var del, add time.Time
+		del, add = time.Time{}, time.Time{}
 		if len(te.del) > 0 {
 			del = te.del[len(te.del)-1]
 			for _, a := range te.add {
@@ -88,16 +100,12 @@ func (te *tableEvents) healedWithin(t *testing.T, within time.Duration) time.Dur
 		}
 		te.mu.Unlock()
 		if !add.IsZero() {
-			took := add.Sub(del)
-			if took > within {
-				t.Errorf("table back %v after it was deleted; want within %v", took, within)
-			}
-			return took
+			return del, add
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	t.Fatalf("table not re-installed within %v of its deletion", within+2*time.Second)
-	return 0
+	t.Fatalf("table not deleted and re-installed within %v", wait)
+	return
 }
 
 // TestHealAfterFlushRuleset: `nft flush ruleset` (and then `nft delete

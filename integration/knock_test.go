@@ -275,12 +275,21 @@ func TestCheckAndPrintConfig(t *testing.T) {
 	// makes them in a directory of its own.
 	dir := t.TempDir()
 	key := []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n")
-	for name, data := range map[string][]byte{"vpn.key": key, "rot.key": key, "once.seq": []byte("7300:udp,7400,7500:udp\n")} {
+	for name, data := range map[string][]byte{"vpn.key": key, "rot.key": key, "fw.key": key, "fw.hmac": key,
+		"once.seq": []byte("7300:udp,7400,7500:udp\n")} {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	path := writeConfig(t, "", strings.ReplaceAll(out, "/etc/nftknock/", dir+"/"))
+	// The server's key of the public-key SPA door: the reference names the
+	// host key, which this machine need not have.
+	hostKey := filepath.Join(dir, "host.key")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hostKey).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v %s", err, out)
+	}
+	local := strings.ReplaceAll(out, "/etc/nftknock/", dir+"/")
+	local = strings.ReplaceAll(local, "/etc/ssh/ssh_host_ed25519_key", hostKey)
+	path := writeConfig(t, "", local)
 	if out, err := lab.Run(l.Server, daemonBin, "-check", "-config", path); err != nil || !strings.Contains(out, "OK") {
 		t.Errorf("-check on -print-config output: %v %s", err, out)
 	}
