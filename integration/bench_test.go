@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -56,7 +54,7 @@ func BenchmarkKnockToOpen(b *testing.B) {
 		{"reknock", "1s", 1, time.Second + reknockAfter},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			if err := pinProcess(0); err != nil {
+			if err := lab.PinProcess(0); err != nil {
 				b.Fatal(err)
 			}
 			floor := newLab(b)
@@ -229,27 +227,6 @@ func awaitOpen(src, server netip.Addr, sent time.Time) (time.Duration, error) {
 // connectEvery is how often knockAndConnect starts a new connection
 // attempt: the resolution of the measurement.
 const connectEvery = 20 * time.Microsecond
-
-// pinProcess puts every thread of this process on cpu; threads made later
-// inherit it from the thread that makes them.
-func pinProcess(cpu int) error {
-	var set unix.CPUSet
-	set.Set(cpu)
-	tasks, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return err
-	}
-	for _, t := range tasks {
-		tid, err := strconv.Atoi(t.Name())
-		if err != nil {
-			continue
-		}
-		if err := unix.SchedSetaffinity(tid, &set); err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("pin thread %d to CPU %d: %w", tid, cpu, err)
-		}
-	}
-	return nil
-}
 
 func percentiles(d []time.Duration) (p50, p90 time.Duration) {
 	s := slices.Clone(d)

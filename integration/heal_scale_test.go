@@ -2,7 +2,6 @@ package integration
 
 import (
 	"errors"
-	"fmt"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 	"os"
@@ -130,18 +129,14 @@ max_grants = 1048576
 func waitIdle(t *testing.T, pid int, quiet, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
-	last, since := int64(-1), time.Now()
+	last, since := time.Duration(-1), time.Now()
 	for time.Now().Before(deadline) {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		used, err := lab.CPUTime(pid)
 		if err != nil {
 			t.Fatal(err)
 		}
-		f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
-		var utime, stime int64
-		fmt.Sscan(f[11], &utime)
-		fmt.Sscan(f[12], &stime)
-		if utime+stime != last {
-			last, since = utime+stime, time.Now()
+		if used != last {
+			last, since = used, time.Now()
 		} else if time.Since(since) >= quiet {
 			return
 		}

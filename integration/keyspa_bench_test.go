@@ -33,7 +33,7 @@ import (
 // BenchmarkKnockToOpen is (the daemon on CPU 1, the spinning client on
 // CPU 0). Run it with -benchtime 60x and -args -race-daemon=false.
 func BenchmarkSPAToOpen(b *testing.B) {
-	if err := pinProcess(0); err != nil {
+	if err := lab.PinProcess(0); err != nil {
 		b.Fatal(err)
 	}
 	l := newLab(b)

@@ -17,7 +17,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -215,7 +214,7 @@ func bench(ctx context.Context, bin string) (*result, error) {
 	var floods []*flood
 	defer func() {
 		for _, fl := range floods {
-			fl.stop()
+			fl.Stop()
 		}
 	}()
 	for range max(*flooders, 1) {
@@ -230,12 +229,12 @@ func bench(ctx context.Context, bin string) (*result, error) {
 	case <-time.After(*warmup):
 	case <-floodCtx.Done():
 		return res, fmt.Errorf("interrupted during the warm-up: %w", context.Cause(floodCtx))
-	case <-floods[0].done:
+	case <-floods[0].Done():
 		return res, fmt.Errorf("hping3 ended by itself: %s", floods[0].output())
 	}
 
 	floodStart := time.Now()
-	cpuStart, err := cpuTime(d.pid)
+	cpuStart, err := lab.CPUTime(d.pid)
 	if err != nil {
 		return nil, err
 	}
@@ -262,7 +261,7 @@ func bench(ctx context.Context, bin string) (*result, error) {
 			return res, fmt.Errorf("the flood was cut short: %w", context.Cause(floodCtx))
 		}
 	}
-	cpuEnd, err := cpuTime(d.pid)
+	cpuEnd, err := lab.CPUTime(d.pid)
 	if err != nil {
 		return nil, err
 	}
@@ -270,7 +269,7 @@ func bench(ctx context.Context, bin string) (*result, error) {
 
 	res.floodSent = 0
 	for _, fl := range floods {
-		res.floodFor = max(res.floodFor, fl.stop())
+		res.floodFor = max(res.floodFor, fl.Stop())
 		n, out := fl.sent()
 		if n < 0 {
 			return res, fmt.Errorf("no statistics from hping3: %s", out)
@@ -351,50 +350,21 @@ func kernelCounts(l *lab.Lab, res *result) error {
 
 // flood is hping3 flooding 7000/tcp from random sources in the client.
 type flood struct {
-	cmd     *exec.Cmd
-	out     *lockedBuffer
-	done    chan struct{}
-	started time.Time
-	once    sync.Once
-	took    time.Duration
+	*lab.Hping
+	out *lockedBuffer
 }
 
 func startFlood(ctx context.Context, l *lab.Lab) (*flood, error) {
-	f := &flood{out: &lockedBuffer{}, done: make(chan struct{})}
 	pace := []string{"--flood"}
 	if *rate > 0 {
 		pace = []string{"-i", fmt.Sprintf("u%d", max(1, 1_000_000 / *rate))}
 	}
-	args := append(append([]string{"hping3", "-S"}, pace...), "--rand-source", "-p", "7000", lab.ServerV4.String())
-	f.cmd = lab.Command(ctx, l.Client, args...)
-	f.cmd.Stdout, f.cmd.Stderr = f.out, f.out
-	// ip execs hping3: this is hping3's pid. SIGINT makes it print its
-	// statistics; if the benchmark itself dies, the kernel kills it.
-	f.cmd.Cancel = func() error { return f.cmd.Process.Signal(os.Interrupt) }
-	f.cmd.WaitDelay = 3 * time.Second
-	f.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := f.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start hping3: %w", err)
+	out := &lockedBuffer{}
+	h, err := lab.StartHping(ctx, l.Client, out, append(append([]string{"-S"}, pace...), "--rand-source", "-p", "7000", lab.ServerV4.String())...)
+	if err != nil {
+		return nil, err
 	}
-	f.started = time.Now()
-	go func() { f.cmd.Wait(); close(f.done) }()
-	return f, nil
-}
-
-// stop ends the flood (SIGINT, then SIGKILL after 3 s) and returns how
-// long it ran. It may be called more than once.
-func (f *flood) stop() time.Duration {
-	f.once.Do(func() {
-		f.took = time.Since(f.started)
-		f.cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-f.done:
-		case <-time.After(3 * time.Second):
-			f.cmd.Process.Kill()
-			<-f.done
-		}
-	})
-	return f.took
+	return &flood{Hping: h, out: out}, nil
 }
 
 func (f *flood) output() string { return f.out.String() }
@@ -552,7 +522,7 @@ func newSampler(pid int) *sampler {
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for i := 0; ; i++ {
-			hwm, rss, err := memStatus(pid)
+			hwm, rss, err := lab.MemStatus(pid)
 			if err == nil {
 				s.hwm, s.rss = max(s.hwm, hwm), max(s.rss, rss)
 				if i%10 == 0 {
@@ -575,60 +545,6 @@ func (s *sampler) stop() (hwm, rss int64, timeline []int64) {
 	s.once.Do(func() { close(s.quit) })
 	<-s.done
 	return s.hwm, s.rss, s.timeline
-}
-
-// cpuTime is the CPU time pid has used, user and system, from
-// /proc/<pid>/stat (fields 14 and 15, in clock ticks of 1/100 s).
-func cpuTime(pid int) (time.Duration, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name, field 2, is in parentheses and may hold spaces.
-	i := strings.LastIndexByte(string(data), ')')
-	f := strings.Fields(string(data[i+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: too short", pid)
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
-}
-
-// memStatus returns VmHWM and VmRSS of pid, in bytes.
-func memStatus(pid int) (hwm, rss int64, err error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	found := 0
-	for _, line := range strings.Split(string(data), "\n") {
-		key, val, ok := strings.Cut(line, ":")
-		if !ok || (key != "VmHWM" && key != "VmRSS") {
-			continue
-		}
-		f := strings.Fields(val) // "12345 kB"
-		if len(f) != 2 || f[1] != "kB" {
-			return 0, 0, fmt.Errorf("/proc/%d/status: %q", pid, line)
-		}
-		n, err := strconv.ParseInt(f[0], 10, 64)
-		if err != nil {
-			return 0, 0, err
-		}
-		if key == "VmHWM" {
-			hwm = n << 10
-		} else {
-			rss = n << 10
-		}
-		found++
-	}
-	if found != 2 {
-		return 0, 0, errors.New("no VmHWM/VmRSS in /proc status")
-	}
-	return hwm, rss, nil
 }
 
 type lockedBuffer struct {

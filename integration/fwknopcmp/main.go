@@ -86,7 +86,7 @@ func run() int {
 			return 2
 		}
 	}
-	if err := pinProcess(0); err != nil {
+	if err := lab.PinProcess(0); err != nil {
 		fmt.Fprintln(os.Stderr, "fwknopcmp:", err)
 		return 2
 	}
@@ -439,11 +439,11 @@ func (b *bench) flood(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer fl.stop()
+	defer fl.Stop()
 	linesBefore := b.srv.lines()
 	select {
 	case <-time.After(*warmup):
-	case <-fl.done:
+	case <-fl.Done():
 		return fmt.Errorf("hping3 ended by itself: %s", fl.out.tail())
 	case <-floodCtx.Done():
 		return floodCtx.Err()
@@ -456,7 +456,7 @@ func (b *bench) flood(ctx context.Context) error {
 		}
 		time.Sleep(*gap)
 	}
-	res.floodFor = fl.stop()
+	res.floodFor = fl.Stop()
 	stopped := time.Now()
 	res.floodLines = b.srv.lines() - linesBefore
 	res.floodSent = fl.sent()
@@ -777,47 +777,21 @@ func spinConnect(src netip.Addr, since time.Time, within time.Duration) (time.Du
 
 // flood is hping3 flooding 62201/udp from random sources in the client.
 type flood struct {
-	cmd     *exec.Cmd
-	out     *lineCounter
-	done    chan struct{}
-	started time.Time
-	once    sync.Once
-	took    time.Duration
+	*lab.Hping
+	out *lineCounter
 }
 
 func startFlood(ctx context.Context, l *lab.Lab) (*flood, error) {
-	f := &flood{out: newLineCounter(""), done: make(chan struct{})}
-	args := []string{"hping3", "--udp", "--flood", "--rand-source", "-p", "62201"}
+	args := []string{"--udp", "--flood", "--rand-source", "-p", "62201"}
 	if *floodData > 0 {
 		args = append(args, "-d", strconv.Itoa(*floodData))
 	}
-	f.cmd = lab.Command(ctx, l.Client, append(args, lab.ServerV4.String())...)
-	f.cmd.Stdout, f.cmd.Stderr = f.out, f.out
-	f.cmd.Cancel = func() error { return f.cmd.Process.Signal(os.Interrupt) }
-	f.cmd.WaitDelay = 3 * time.Second
-	f.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := f.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start hping3: %w", err)
+	out := newLineCounter("")
+	h, err := lab.StartHping(ctx, l.Client, out, append(args, lab.ServerV4.String())...)
+	if err != nil {
+		return nil, err
 	}
-	f.started = time.Now()
-	go func() { f.cmd.Wait(); close(f.done) }()
-	return f, nil
-}
-
-// stop ends the flood (SIGINT, for its statistics; SIGKILL after 3 s) and
-// returns how long it ran. It may be called more than once.
-func (f *flood) stop() time.Duration {
-	f.once.Do(func() {
-		f.took = time.Since(f.started)
-		f.cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-f.done:
-		case <-time.After(3 * time.Second):
-			f.cmd.Process.Kill()
-			<-f.done
-		}
-	})
-	return f.took
+	return &flood{Hping: h, out: out}, nil
 }
 
 var hpingSentRE = regexp.MustCompile(`(\d+) packets transmitted`)
@@ -838,25 +812,4 @@ func percentiles(d []time.Duration) (p50, p90 time.Duration) {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return s[len(s)/2], s[len(s)*9/10]
-}
-
-// pinProcess puts every thread of this process on cpu; threads made later
-// inherit it.
-func pinProcess(cpu int) error {
-	var set unix.CPUSet
-	set.Set(cpu)
-	tasks, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return err
-	}
-	for _, t := range tasks {
-		tid, err := strconv.Atoi(t.Name())
-		if err != nil {
-			continue
-		}
-		if err := unix.SchedSetaffinity(tid, &set); err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("pin thread %d to CPU %d: %w", tid, cpu, err)
-		}
-	}
-	return nil
 }
