@@ -90,8 +90,6 @@ integration:
 
 test: deps vet unit integration
 
-# Benchmarks: the packet path (parse + tracker step) and the end-to-end
-# knock-to-open latency in namespaces (root).
 # Benchmarks: the packet path, the kernel's side (grants, rotations), and
 # what a user feels: knock to open, end to end in namespaces, beside the
 # kernel doing the same alone (root). The knock benchmark pins the client

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -269,7 +270,15 @@ func (w *Watcher) expand(problems *[]Problem) (paths, missing []string) {
 	for _, pat := range w.patterns {
 		var matches []string
 		if hasMeta(pat) {
-			matches, _ = filepath.Glob(pat) // the pattern was checked in NewWatcher
+			var denied []string
+			matches, denied = glob(pat)
+			for i, d := range denied {
+				if i == maxDeniedReported {
+					*problems = append(*problems, Problem{File: pat, Reason: fmt.Sprintf("%d more directories it goes through cannot be searched", len(denied)-i)})
+					break
+				}
+				*problems = append(*problems, Problem{File: d, Reason: fmt.Sprintf("cannot be searched (permission denied): no keys from %s under it", pat)})
+			}
 		} else if _, err := os.Lstat(pat); err == nil {
 			matches = []string{pat}
 		} else {
@@ -291,6 +300,61 @@ func (w *Watcher) expand(problems *[]Problem) (paths, missing []string) {
 		}
 	}
 	return paths, missing
+}
+
+// maxDeniedReported bounds the directories named, per pattern, that a
+// glob could not search: a thousand homes of mode 0700 need one fix, not a
+// thousand lines.
+const maxDeniedReported = 8
+
+// glob is filepath.Glob (the same matches, in the same order) that also
+// returns the directories it could not list or search. filepath.Glob
+// skips those in silence, and a daemon without CAP_DAC_READ_SEARCH cannot
+// enter a home of mode 0700 (Debian's default since bookworm): a pattern
+// such as /home/*/.ssh/authorized_keys would match nothing, and nobody
+// would know why. The pattern was checked in NewWatcher.
+func glob(pattern string) (matches, denied []string) {
+	dir, file := filepath.Split(pattern)
+	if dir != "/" {
+		dir = dir[:len(dir)-1] // the separator Split leaves
+	}
+	dirs := []string{dir}
+	if hasMeta(dir) {
+		dirs, denied = glob(dir)
+	}
+	for _, d := range dirs {
+		if !hasMeta(file) {
+			p := filepath.Join(d, file)
+			if _, err := os.Lstat(p); err == nil {
+				matches = append(matches, p)
+			} else if errors.Is(err, fs.ErrPermission) {
+				denied = append(denied, d)
+			}
+			continue
+		}
+		names, err := readNames(d)
+		if errors.Is(err, fs.ErrPermission) {
+			denied = append(denied, d)
+		}
+		for _, n := range names {
+			if ok, _ := filepath.Match(file, n); ok {
+				matches = append(matches, filepath.Join(d, n))
+			}
+		}
+	}
+	return matches, denied
+}
+
+// readNames lists dir's entries, sorted, as filepath.Glob does.
+func readNames(dir string) ([]string, error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	slices.Sort(names)
+	return names, err
 }
 
 func hasMeta(p string) bool {

@@ -5,11 +5,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // lab is a scratch file tree with a passwd file of its own: alice is the
@@ -384,6 +388,88 @@ func BenchmarkPollUnchanged(b *testing.B) {
 	for b.Loop() {
 		if w.Poll() {
 			b.Fatal("a poll found a change")
+		}
+	}
+}
+
+// TestWatcherReportsUnsearchableHome: a glob through a home the daemon
+// cannot enter (mode 0700, and nftknockd runs without CAP_DAC_READ_SEARCH)
+// matches nothing there, as filepath.Glob does; unlike it, the Watcher
+// says which directory, once, with "permission denied" (on which the door
+// adds the capability hint).
+func TestWatcherReportsUnsearchableHome(t *testing.T) {
+	l := newLab(t)
+	l.write("home/alice/.ssh/authorized_keys", edLine(t, 1)+" alice@laptop\n", 0o600)
+	l.write("home/bob/.ssh/authorized_keys", edLine(t, 2)+" bob@x\n", 0o600)
+	l.chmod("home/bob", 0)
+	t.Cleanup(func() { os.Chmod(l.path("home/bob"), 0o755) })
+	time.Sleep(racyWindow + 10*time.Millisecond)
+
+	var (
+		w            *Watcher
+		first, again []Problem
+		rebuilt      bool
+	)
+	withoutDACCapabilities(t, func() {
+		w = l.watcher(Options{}, "home/*/.ssh/authorized_keys")
+		first = l.reported()
+		rebuilt = w.Poll()
+		again = l.reported()
+	})
+	if got := comments(w.Set()); got != "alice@laptop" {
+		t.Errorf("keys %q, want alice's alone (bob's home cannot be entered)", got)
+	}
+	if len(first) != 1 || first[0].File != l.path("home/bob") || !strings.Contains(first[0].Reason, "cannot be searched") || !strings.Contains(first[0].Reason, "permission denied") {
+		t.Errorf("reported %v, want one problem naming %s, permission denied", first, l.path("home/bob"))
+	}
+	if rebuilt || len(again) != 0 {
+		t.Errorf("a poll with nothing changed: rebuilt %v, reported %v", rebuilt, again)
+	}
+}
+
+// withoutDACCapabilities runs f on an OS thread of its own that has lost
+// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, as nftknockd under its unit
+// has: root then meets file modes as any user does. (Capabilities are per
+// thread; the thread is never unlocked, so it ends with the goroutine.)
+func withoutDACCapabilities(t *testing.T, f func()) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			errc <- err
+			return
+		}
+		data[0].Effective &^= 1<<unix.CAP_DAC_OVERRIDE | 1<<unix.CAP_DAC_READ_SEARCH
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			errc <- err
+			return
+		}
+		f()
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGlobMatchesFilepathGlob: where every directory can be read, glob
+// finds what filepath.Glob finds, in its order.
+func TestGlobMatchesFilepathGlob(t *testing.T) {
+	l := newLab(t)
+	for _, f := range []string{"home/alice/.ssh/authorized_keys", "home/bob/.ssh/authorized_keys", "home/bob/.ssh/authorized_keys2", "home/.hidden/.ssh/authorized_keys", "etc/a.keys", "etc/b.keys", "etc/c.txt"} {
+		l.write(f, "", 0o644)
+	}
+	for _, pat := range []string{"home/*/.ssh/authorized_keys", "home/*/.ssh/authorized_keys*", "home/[ab]*/.ssh/*", "etc/*.keys", "etc/?.*", "*/*", "home/nobody/*", "nothere/*/x"} {
+		want, err := filepath.Glob(l.path(pat))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, denied := glob(l.path(pat))
+		if !slices.Equal(got, want) || len(denied) != 0 {
+			t.Errorf("glob(%s) = %v, denied %v; filepath.Glob: %v", pat, got, denied, want)
 		}
 	}
 }
