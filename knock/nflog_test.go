@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nftknock/nftknock/integration/nstest"
+	"github.com/nftknock/nftknock/knock/internal/threadcap"
 )
 
 // The kernel tests below run in a fresh network namespace each, so they touch
@@ -325,30 +325,14 @@ func TestNFLOGAlreadyBound(t *testing.T) {
 func TestNFLOGNeedsCapNetAdmin(t *testing.T) {
 	ns := nflogNetns(t, nflogTestGroup)
 	core, logs := observer.New(zapcore.DebugLevel)
-	errc := make(chan error, 1)
-	go func() {
-		// Capabilities are per thread. This one is never unlocked, so it exits
-		// with the goroutine instead of running other code without the capability.
-		runtime.LockOSThread()
-		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-		var data [2]unix.CapUserData
-		if err := unix.Capget(&hdr, &data[0]); err != nil {
-			errc <- fmt.Errorf("capget: %w", err)
-			return
-		}
-		data[0].Effective &^= 1 << unix.CAP_NET_ADMIN
-		if err := unix.Capset(&hdr, &data[0]); err != nil {
-			errc <- fmt.Errorf("capset: %w", err)
-			return
-		}
+	err := threadcap.Without(func() error {
 		l, err := ListenNFLOG(NFLOGConfig{Group: nflogTestGroup, NetNS: ns.FD, Logger: zap.New(core)})
 		if err == nil {
 			l.Close()
 			err = errors.New("ListenNFLOG without CAP_NET_ADMIN succeeded")
 		}
-		errc <- err
-	}()
-	err := <-errc
+		return err
+	}, unix.CAP_NET_ADMIN)
 	t.Logf("ListenNFLOG without CAP_NET_ADMIN: %v", err)
 	if !errors.Is(err, unix.EPERM) || !strings.Contains(err.Error(), "CAP_NET_ADMIN") ||
 		strings.Contains(err.Error(), "already bound") {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nftknock/nftknock/knock/internal/threadcap"
 	"golang.org/x/sys/unix"
 )
 
@@ -410,12 +410,18 @@ func TestWatcherReportsUnsearchableHome(t *testing.T) {
 		first, again []Problem
 		rebuilt      bool
 	)
-	withoutDACCapabilities(t, func() {
+	// As the daemon under its unit: root without the capabilities that
+	// pass file modes.
+	err := threadcap.Without(func() error {
 		w = l.watcher(Options{}, "home/*/.ssh/authorized_keys")
 		first = l.reported()
 		rebuilt = w.Poll()
 		again = l.reported()
-	})
+		return nil
+	}, unix.CAP_DAC_OVERRIDE, unix.CAP_DAC_READ_SEARCH)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if got := comments(w.Set()); got != "alice@laptop" {
 		t.Errorf("keys %q, want alice's alone (bob's home cannot be entered)", got)
 	}
@@ -424,34 +430,6 @@ func TestWatcherReportsUnsearchableHome(t *testing.T) {
 	}
 	if rebuilt || len(again) != 0 {
 		t.Errorf("a poll with nothing changed: rebuilt %v, reported %v", rebuilt, again)
-	}
-}
-
-// withoutDACCapabilities runs f on an OS thread of its own that has lost
-// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, as nftknockd under its unit
-// has: root then meets file modes as any user does. (Capabilities are per
-// thread; the thread is never unlocked, so it ends with the goroutine.)
-func withoutDACCapabilities(t *testing.T, f func()) {
-	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-		var data [2]unix.CapUserData
-		if err := unix.Capget(&hdr, &data[0]); err != nil {
-			errc <- err
-			return
-		}
-		data[0].Effective &^= 1<<unix.CAP_DAC_OVERRIDE | 1<<unix.CAP_DAC_READ_SEARCH
-		if err := unix.Capset(&hdr, &data[0]); err != nil {
-			errc <- err
-			return
-		}
-		f()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
 	}
 }
 
