@@ -86,6 +86,10 @@ type Config struct {
 	// to from: its chain (named Table) and sets (prefixed Table_) go in
 	// the admin's table instead of a table of its own.
 	Attach *Attach
+	// OwnTable: the daemon's socket owns its table (Linux 6.9 and later;
+	// not attached), so `nft flush ruleset` passes it by and only the
+	// daemon may change it.
+	OwnTable bool
 	// Doors are the configured doors, in file order.
 	Doors []Door
 }
@@ -241,6 +245,7 @@ type rawConfig struct {
 	MaxTracked    *int64                      `toml:"max_tracked"`
 	ServerKeyFile *string                     `toml:"server_key_file"`
 	Attach        *string                     `toml:"attach"`
+	OwnTable      *bool                       `toml:"own_table"`
 	Doors         []map[string]toml.Primitive `toml:"door"`
 }
 
@@ -266,7 +271,7 @@ func ParseWith(file string, data []byte, kinds []KindSpec) (*Config, error) {
 		// Doors are decoded key by key below; only the top level is
 		// left to report here.
 		if len(k) == 1 {
-			v.add(-1, "", k[0], "unknown key (known: nflog_group, table, max_tracked, server_key_file, attach, [[door]])")
+			v.add(-1, "", k[0], "unknown key (known: nflog_group, table, max_tracked, server_key_file, attach, own_table, [[door]])")
 		}
 	}
 	cfg := v.config(&raw)
@@ -306,6 +311,10 @@ func (v *validator) config(raw *rawConfig) *Config {
 		NFLOGGroup: DefaultNFLOGGroup,
 		Table:      DefaultTable,
 		MaxTracked: DefaultMaxTracked,
+		OwnTable:   true,
+	}
+	if raw.OwnTable != nil {
+		cfg.OwnTable = *raw.OwnTable
 	}
 	if raw.NFLOGGroup != nil {
 		if g := *raw.NFLOGGroup; g < 0 || g > 65535 {

@@ -38,8 +38,11 @@ func TestDefaultsForOptionalKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.NFLOGGroup != DefaultNFLOGGroup || cfg.Table != DefaultTable || cfg.MaxTracked != DefaultMaxTracked {
+	if cfg.NFLOGGroup != DefaultNFLOGGroup || cfg.Table != DefaultTable || cfg.MaxTracked != DefaultMaxTracked || !cfg.OwnTable {
 		t.Errorf("defaults not applied: %+v", cfg)
+	}
+	if off, err := Parse("f.toml", []byte("own_table = false\n"+minimal)); err != nil || off.OwnTable {
+		t.Errorf("own_table = false: %v, %+v", err, off)
 	}
 	if cfg.File != "f.toml" {
 		t.Errorf("File = %q", cfg.File)
@@ -131,6 +134,7 @@ func TestRejects(t *testing.T) {
 		{"max_tracked zero", "max_tracked = 0\n" + ok("", ""), []string{`f.toml:1: max_tracked: 0 is out of range`}},
 		{"syntax error", "nflog_group = \n", []string{`f.toml:1: `}},
 		{"wrong type", "nflog_group = \"7113\"\n" + ok("", ""), []string{`f.toml:1: nflog_group: incompatible types`}},
+		{"own_table not a bool", "own_table = \"yes\"\n" + ok("", ""), []string{`f.toml:1: own_table: incompatible types`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,12 +3,15 @@ package integration
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -119,7 +122,8 @@ func TestHealAfterFlushRuleset(t *testing.T) {
 	} {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
 			l := newLab(t)
-			d := startDaemon(t, l, writeConfig(t, "", sshDoor("5s", "20s")))
+			// A table the daemon does not own: anyone may delete it.
+			d := startDaemon(t, l, writeConfig(t, "", "own_table = false\n"+sshDoor("5s", "20s")))
 			events := watchTable(t, l)
 
 			mustKnock(t, l, false, 0, "7000", "8000:udp", "9000")
@@ -177,7 +181,7 @@ var (
 )
 
 // nftknockBin returns the nftknock binary, built once next to the daemon's.
-func nftknockBin(t *testing.T) string {
+func nftknockBin(t testing.TB) string {
 	t.Helper()
 	nftknockOnce.Do(func() {
 		nftknockPath = filepath.Join(filepath.Dir(daemonBin), "nftknock")
@@ -225,24 +229,34 @@ type toolStatus struct {
 }
 
 // TestToolWithDaemon: break-glass grants from `nftknock` on a daemon's
-// table: status shows them, the daemon learns of them (a flush restores
-// them, a knock does not shorten them), revoke closes the door.
+// table, owned by the daemon (the tool asks it over its control socket) or
+// not (the tool writes the table, the daemon follows): status shows them,
+// the daemon keeps them (a knock does not shorten them, a flush of a table
+// not owned restores them, a flush passes an owned one by), revoke closes
+// the door.
 func TestToolWithDaemon(t *testing.T) {
+	t.Run("owned", func(t *testing.T) { toolWithDaemon(t, true) })
+	t.Run("not_owned", func(t *testing.T) { toolWithDaemon(t, false) })
+}
+
+func toolWithDaemon(t *testing.T, owned bool) {
 	l := newLab(t)
-	// Not startDaemon: this test stops the daemon itself.
-	d, err := l.StartDaemon(daemonBin, writeConfig(t, "", sshDoor("5s", "30s")))
-	if err != nil {
+	header := "own_table = false\n"
+	if owned {
+		header = ""
+	}
+	d := startDaemonToKill(t, l, daemonBin, writeConfig(t, "", header+sshDoor("5s", "30s")))
+
+	if err := d.WaitLog(fmt.Sprintf(`"table_owned": %v`, owned), 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		d.Kill()
-		if t.Failed() {
-			t.Logf("nftknockd log:\n%s", d.Log())
-		}
-	}()
-
 	if out, code := runNftknock(t, l, "grant", "-door", "ssh", "-for", "1h", lab.Client2V4.String()); code != 0 {
 		t.Fatalf("grant: exit %d: %s", code, out)
+	}
+	if owned {
+		if err := d.WaitLog("nftknock grant: let in", time.Second); err != nil {
+			t.Errorf("the grant did not go through the daemon: %v", err)
+		}
 	}
 	mustOpen(t, l, lab.Client2V4, ssh4)
 	mustFiltered(t, l, lab.ClientV4, ssh4)
@@ -290,11 +304,21 @@ func TestToolWithDaemon(t *testing.T) {
 		t.Errorf("a knock changed the tool's grant: %+v, was %+v", e, before)
 	}
 
-	// The daemon restores the tool's grant after a flush.
+	// The daemon restores the tool's grant after a flush of a table it
+	// does not own; a flush passes an owned table by, grants and all.
 	if out, err := lab.Run(l.Server, "nft", "flush", "ruleset"); err != nil {
 		t.Fatalf("nft flush ruleset: %v %s", err, out)
 	}
-	if err := d.WaitLog("table gone: re-installed with 2 live grants restored", time.Second); err != nil {
+	if owned {
+		time.Sleep(300 * time.Millisecond)
+		if strings.Contains(d.Log(), "table gone") {
+			t.Errorf("a flush of the owned table made the daemon heal:\n%s", d.Log())
+		}
+		out, err := lab.Run(l.Server, "nft", "delete", "table", "inet", "nftknock")
+		if err == nil || !strings.Contains(out+err.Error(), "Operation not permitted") {
+			t.Errorf("nft delete table of the owned table: %v %s", err, out)
+		}
+	} else if err := d.WaitLog("table gone: re-installed with 2 live grants restored", time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if e := element(t, l, "ssh_v4", lab.Client2V4); e.Timeout != time.Hour || e.Expires > before.Expires {
@@ -307,17 +331,20 @@ func TestToolWithDaemon(t *testing.T) {
 		t.Errorf("revoke: exit %d: %s", code, out)
 	}
 	mustFiltered(t, l, lab.Client2V4, ssh4)
-	time.Sleep(100 * time.Millisecond) // the daemon reads the revoke
-	if out, err := lab.Run(l.Server, "nft", "delete", "table", "inet", "nftknock"); err != nil {
-		t.Fatalf("nft delete table: %v %s", err, out)
+	if !owned {
+		time.Sleep(100 * time.Millisecond) // the daemon reads the revoke
+		if out, err := lab.Run(l.Server, "nft", "delete", "table", "inet", "nftknock"); err != nil {
+			t.Fatalf("nft delete table: %v %s", err, out)
+		}
+		if err := d.WaitLog("table gone: re-installed with 1 live grants restored", time.Second); err != nil {
+			t.Fatal(err)
+		}
+		mustFiltered(t, l, lab.Client2V4, ssh4)
 	}
-	if err := d.WaitLog("table gone: re-installed with 1 live grants restored", time.Second); err != nil {
-		t.Fatal(err)
-	}
-	mustFiltered(t, l, lab.Client2V4, ssh4)
 	mustOpen(t, l, lab.ClientV4, ssh4)
 
-	// With the daemon stopped and the table gone, status says so.
+	// With the daemon stopped (the owned table stays, no longer owned:
+	// anyone may delete it) and the table gone, status says so.
 	if err := d.Stop(); err != nil {
 		t.Fatalf("SIGTERM: want exit 0: %v", err)
 	}
@@ -327,4 +354,132 @@ func TestToolWithDaemon(t *testing.T) {
 	if out, code := runNftknock(t, l, "status"); code != 3 || !strings.Contains(out, "not installed") {
 		t.Errorf("status without the table: exit %d, want 3: %s", code, out)
 	}
+}
+
+// deletions is how many times the table was deleted so far.
+func (te *tableEvents) deletions() int {
+	te.mu.Lock()
+	defer te.mu.Unlock()
+	return len(te.del)
+}
+
+// probe connects from one address to one port in a loop, on its own
+// goroutine, and counts the connections that got through.
+type probe struct {
+	tries, through atomic.Int64
+	stop           chan struct{}
+	done           chan struct{}
+}
+
+func startProbe(l *lab.Lab, from netip.Addr, to netip.AddrPort) *probe {
+	p := &probe{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for {
+			select {
+			case <-p.stop:
+				return
+			default:
+			}
+			p.tries.Add(1)
+			if c, err := l.Dial(from, to, 20*time.Millisecond); err == nil {
+				p.through.Add(1)
+				c.Close()
+			}
+		}
+	}()
+	return p
+}
+
+// mustHaveHeld stops p and fails the test unless none of its connection
+// attempts got through (nor were there too few to tell) and the table was
+// never deleted while it ran.
+func mustHaveHeld(t *testing.T, p *probe, events *tableEvents, during string) {
+	t.Helper()
+	close(p.stop)
+	<-p.done
+	tries, through := p.tries.Load(), p.through.Load()
+	t.Logf("%d connection attempts without a grant during %s: %d got through", tries, during, through)
+	if through != 0 || tries < 5 {
+		t.Errorf("%d of %d connection attempts without a grant got through during %s (want 0 of at least 5)", through, tries, during)
+	}
+	if n := events.deletions(); n != 0 {
+		t.Errorf("the table was deleted %d times during %s", n, during)
+	}
+}
+
+// TestOwnedTableOutlastsFlush: the daemon owns its table (the default on
+// Linux 6.9 and later). `nft flush ruleset`, and an `nft -f` of a file that
+// begins with it as `systemctl restart nftables` runs, pass the table by:
+// it is never deleted, nothing is healed, the grant is as it was, and a
+// source without one is dropped throughout. No other process may change or
+// delete the table. A daemon killed with SIGKILL leaves it, no longer
+// owned, grants and all, and the next one claims it.
+func TestOwnedTableOutlastsFlush(t *testing.T) {
+	l := newLab(t)
+	cfg := writeConfig(t, "", sshDoor("5s", "30s"))
+	d := startDaemonToKill(t, l, daemonBin, cfg)
+	if err := d.WaitLog(`"table_owned": true`, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	mustKnock(t, l, false, 0, "7000", "8000:udp", "9000")
+	mustOpen(t, l, lab.ClientV4, ssh4)
+	before := element(t, l, "ssh_v4", lab.ClientV4)
+	if out, _ := lab.Run(l.Server, "nft", "list", "table", "inet", "nftknock"); !strings.Contains(out, "flags owner") {
+		t.Fatalf("the table is not owned:\n%s", out)
+	}
+
+	events := watchTable(t, l)
+	p := startProbe(l, lab.Client2V4, ssh4)
+	time.Sleep(100 * time.Millisecond)
+	if out, err := lab.Run(l.Server, "nft", "flush", "ruleset"); err != nil {
+		t.Fatalf("nft flush ruleset: %v %s", err, out)
+	}
+	restart := "flush ruleset\ntable inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t}\n}\n"
+	if out, err := runStdin(l.Server, restart, "nft", "-f", "-"); err != nil {
+		t.Fatalf("nft -f of a ruleset that flushes: %v %s", err, out)
+	}
+	time.Sleep(300 * time.Millisecond)
+	mustHaveHeld(t, p, events, "the flushes")
+	if strings.Contains(d.Log(), "table gone") || strings.Contains(d.Log(), "damaged or deleted") {
+		t.Errorf("the daemon healed an owned table:\n%s", d.Log())
+	}
+	if after := element(t, l, "ssh_v4", lab.ClientV4); after.Timeout != before.Timeout || after.Expires > before.Expires {
+		t.Errorf("grant after the flushes %+v, before %+v", after, before)
+	}
+	mustOpen(t, l, lab.ClientV4, ssh4)
+
+	for _, edit := range [][]string{
+		{"delete", "table", "inet", "nftknock"},
+		{"flush", "chain", "inet", "nftknock", "input"},
+		{"flush", "set", "inet", "nftknock", "ssh_v4"},
+		{"add", "element", "inet", "nftknock", "ssh_v4", "{ " + lab.Client2V4.String() + " }"},
+	} {
+		out, err := lab.Run(l.Server, append([]string{"nft"}, edit...)...)
+		if err == nil || !strings.Contains(out+err.Error(), "Operation not permitted") {
+			t.Errorf("nft %s on the owned table: %v %s", strings.Join(edit, " "), err, out)
+		}
+	}
+	mustFiltered(t, l, lab.Client2V4, ssh4)
+	mustOpen(t, l, lab.ClientV4, ssh4)
+
+	// Killed: the table and the grant stay, no longer owned.
+	d.Kill()
+	out, err := lab.Run(l.Server, "nft", "list", "table", "inet", "nftknock")
+	if err != nil || strings.Contains(out, "flags owner") || !strings.Contains(out, lab.ClientV4.String()) {
+		t.Fatalf("after SIGKILL, want the table unowned with the grant: %v\n%s", err, out)
+	}
+	mustFiltered(t, l, lab.Client2V4, ssh4)
+	d2 := startDaemonToKill(t, l, daemonBin, cfg)
+	if err := d2.WaitLog(`"table_owned": true`, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := lab.Run(l.Server, "nft", "list", "table", "inet", "nftknock"); !strings.Contains(out, "flags owner") {
+		t.Errorf("the next daemon did not claim the table:\n%s", out)
+	}
+	if after := element(t, l, "ssh_v4", lab.ClientV4); after.Timeout != before.Timeout {
+		t.Errorf("grant after the restart %+v, before %+v", after, before)
+	}
+	mustOpen(t, l, lab.ClientV4, ssh4)
+	mustFiltered(t, l, lab.Client2V4, ssh4)
 }

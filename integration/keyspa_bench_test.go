@@ -145,7 +145,7 @@ open_for = "30s"
 					b.Fatalf("datagram %d: %v\n%s", i+1, err, d.Log())
 				}
 				lat = append(lat, took)
-				if _, err := lab.Run(l.Server, "nft", "delete", "element", "inet", "nftknock", c.set, "{ "+src.String()+" }"); err != nil {
+				if _, err := lab.Run(l.Server, nftknockBin(b), "revoke", "-door", strings.TrimSuffix(c.set, "_v4"), src.String()); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -162,6 +162,24 @@ func startDaemonBin(t testing.TB, l *lab.Lab, bin, config string) *lab.Daemon {
 	return d
 }
 
+// startDaemonToKill is startDaemonBin for a test that stops or kills the
+// daemon itself: the cleanup kills it if it still runs, and logs what it
+// said if the test failed.
+func startDaemonToKill(t testing.TB, l *lab.Lab, bin, config string) *lab.Daemon {
+	t.Helper()
+	d, err := l.StartDaemon(bin, config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.Kill()
+		if t.Failed() {
+			t.Logf("nftknockd log:\n%s", d.Log())
+		}
+	})
+	return d
+}
+
 var (
 	ssh4 = netip.AddrPortFrom(lab.ServerV4, 22)
 	ssh6 = netip.AddrPortFrom(lab.ServerV6, 22)

@@ -67,11 +67,14 @@ func containsAll(s string, parts ...string) bool {
 	return true
 }
 
-// revoke takes a grant away by hand, as a user would with nft.
+// revoke takes the grant of set (door_v4, door_v6) away by hand, as a
+// user would: with `nftknock revoke`, which asks the daemon that owns the
+// table.
 func revoke(t testing.TB, l *lab.Lab, set string, addr netip.Addr) {
 	t.Helper()
-	if out, err := lab.Run(l.Server, "nft", "delete", "element", "inet", "nftknock", set, "{", addr.String(), "}"); err != nil {
-		t.Fatalf("revoke %s from %s: %v %s", addr, set, err, out)
+	door := strings.TrimSuffix(strings.TrimSuffix(set, "_v4"), "_v6")
+	if out, err := lab.Run(l.Server, nftknockBin(t), "revoke", "-door", door, addr.String()); err != nil {
+		t.Fatalf("nftknock revoke -door %s %s: %v %s", door, addr, err, out)
 	}
 }
 

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"encoding/binary"
 	"fmt"
 	"reflect"
 	"slices"
@@ -54,18 +55,18 @@ func (f *Firewall) install(p *plan.Plan) (map[string]bool, error) {
 	if err != nil {
 		return nil, err
 	}
-	chains, sets, err := f.current(c)
+	found, flags, err := f.tableFlagsNow(c)
+	var chains []*nftables.Chain
+	var sets []*nftables.Set
+	if err == nil && found {
+		chains, sets, err = f.currentIn(c)
+	}
 	if err != nil {
 		f.reset()
 		return nil, err
 	}
-	if f.attach != nil && chains == nil && sets == nil {
-		if ok, err := f.tableExists(c); err != nil || !ok {
-			if err == nil {
-				err = fmt.Errorf("attach: table inet %s does not exist: load your ruleset first (nftknockd.service starts after nftables.service), with `chain %s {}` and `jump %s` first in chain %s", f.table.Name, f.name, f.name, f.attach.Chain)
-			}
-			return nil, err
-		}
+	if f.attach != nil && !found {
+		return nil, fmt.Errorf("attach: table inet %s does not exist: load your ruleset first (nftknockd.service starts after nftables.service), with `chain %s {}` and `jump %s` first in chain %s", f.table.Name, f.name, f.name, f.attach.Chain)
 	}
 	kept := map[string]bool{}
 	for _, s := range sets {
@@ -73,13 +74,30 @@ func (f *Firewall) install(p *plan.Plan) (map[string]bool, error) {
 			kept[p.Sets[i].Name] = true
 		}
 	}
+	if f.attach == nil {
+		switch {
+		case f.own && found && flags&tableFlagPersist == 0:
+			// Made by a daemon that did not own it: the kernel lets no
+			// one claim a table made without the persist flag.
+			return f.takeOver(p)
+		case f.own && found && !f.claimed:
+			// The kernel refuses (EINVAL, on 6.18) a batch that both
+			// takes a table's ownership and changes what is in it:
+			// claim first.
+			if err := f.claim(); err != nil {
+				return nil, ownedElsewhere(f, err)
+			}
+		}
+		f.flags = f.flagsFor(found, flags)
+	}
 	batch, err := f.installBatch(p, chains, sets, kept)
 	if err == nil {
 		err = f.sendBatch(batch)
 	}
 	if err != nil {
-		return nil, err
+		return nil, ownedElsewhere(f, err)
 	}
+	f.claimed = f.own
 	return kept, nil
 }
 
@@ -161,7 +179,7 @@ func (f *Firewall) installBatch(p *plan.Plan, chains []*nftables.Chain, sets []*
 			rules = append(rules, m)
 		}
 	}
-	return withBefore(batch, rules...), nil
+	return f.withTableFlags(withBefore(batch, rules...))
 }
 
 // newChain is the kernel chain of pc: a base chain of the daemon's table,
@@ -187,11 +205,26 @@ func (f *Firewall) newChain(pc *plan.Chain) *nftables.Chain {
 
 // tableExists tells whether the kernel table exists.
 func (f *Firewall) tableExists(c *nftables.Conn) (bool, error) {
+	found, _, err := f.tableFlagsNow(c)
+	return found, err
+}
+
+// tableFlagsNow tells whether the table exists, and its flags.
+func (f *Firewall) tableFlagsNow(c *nftables.Conn) (found bool, flags uint32, err error) {
 	tables, err := c.ListTablesOfFamily(f.table.Family)
 	if err != nil {
-		return false, fmt.Errorf("list tables: %w", err)
+		return false, 0, fmt.Errorf("list tables: %w", err)
 	}
-	return slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == f.table.Name }), nil
+	for _, t := range tables {
+		if t.Name == f.table.Name {
+			// google/nftables v0.3.0 reads the big-endian attribute in
+			// the host's order.
+			var b [4]byte
+			binary.NativeEndian.PutUint32(b[:], t.Flags)
+			return true, binary.BigEndian.Uint32(b[:]), nil
+		}
+	}
+	return false, 0, nil
 }
 
 // current lists the daemon's chains and named sets in the table now; none
@@ -201,6 +234,11 @@ func (f *Firewall) current(c *nftables.Conn) ([]*nftables.Chain, []*nftables.Set
 	if err != nil || !ok {
 		return nil, nil, err
 	}
+	return f.currentIn(c)
+}
+
+// currentIn is current for a table known to exist.
+func (f *Firewall) currentIn(c *nftables.Conn) ([]*nftables.Chain, []*nftables.Set, error) {
 	all, err := c.ListChainsOfTableFamily(f.table.Family)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list chains: %w", err)

@@ -79,6 +79,16 @@ type Firewall struct {
 	nl   *netlink.Conn
 	port atomic.Uint32
 
+	// own: Install makes the table owned by the lasting socket (see
+	// Own); claimed: it did, so a socket dialled after an error claims
+	// the table again.
+	own, claimed bool
+	claiming     bool   // reset is claiming the table on a new socket
+	flags        uint32 // of the table, as Install sends it (see flagsFor)
+	// release is the kernel's (uname -r), which says what it supports;
+	// tests replace it.
+	release string
+
 	// mode is how a grant restarts a timer on this kernel (see grantMode).
 	mode grantMode
 	// stats counts the batches sent and those the kernel refused.
@@ -179,12 +189,13 @@ func open(name string, a *Attach, opts []nftables.ConnOption) (*Firewall, error)
 		return nil, errors.New("open nftables: empty table name")
 	}
 	f := &Firewall{
-		table:  &nftables.Table{Name: name, Family: nftables.TableFamilyINet},
-		name:   name,
-		opts:   slices.Clone(opts),
-		now:    time.Now,
-		mode:   grantModeFor(kernelRelease()),
-		shapes: map[string]plan.Door{},
+		table:   &nftables.Table{Name: name, Family: nftables.TableFamilyINet},
+		name:    name,
+		opts:    slices.Clone(opts),
+		now:     time.Now,
+		mode:    grantModeFor(kernelRelease()),
+		release: kernelRelease(),
+		shapes:  map[string]plan.Door{},
 	}
 	if a != nil {
 		f.table.Name, f.prefix, f.attach = a.Table, name+"_", a
@@ -258,6 +269,12 @@ func (f *Firewall) c() (*nftables.Conn, error) {
 			return nil, err
 		}
 		f.conn = c
+		if f.claimed {
+			if err := f.claim(); err != nil {
+				f.reset()
+				return nil, err
+			}
+		}
 	}
 	return f.conn, nil
 }
@@ -278,6 +295,15 @@ func (f *Firewall) reset() {
 		f.conn = nil
 	}
 	f.nl = nil
+	if f.claimed && !f.closed && !f.claiming {
+		// Closing the socket released the table: claim it at once on a
+		// new one, not at the next write, which may be hours away (and
+		// until then `nft flush ruleset` would take the table). A
+		// failure leaves it to the next operation.
+		f.claiming = true
+		_, _ = f.c()
+		f.claiming = false
+	}
 }
 
 // growBuffers raises the socket buffers (see socketBuffer). SO_*BUFFORCE
@@ -339,7 +365,7 @@ func (f *Firewall) Remove() error {
 		err = f.sendBatch(msgs)
 	}
 	if err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("remove table %q: %w", f.table.Name, err)
+		return fmt.Errorf("remove table %q: %w", f.table.Name, ownedElsewhere(f, err))
 	}
 	return nil
 }

@@ -198,7 +198,7 @@ func (f *Firewall) Grant(door string, addr netip.Addr, d time.Duration) error {
 func (f *Firewall) GrantPort(door string, addr netip.Addr, port config.Port, d time.Duration) error {
 	addr = addr.Unmap().WithZone("")
 	if err := f.grantTool(door, addr, port, d); err != nil {
-		return fmt.Errorf("grant %s to %s: %w", door, addr, err)
+		return fmt.Errorf("grant %s to %s: %w", door, addr, ownedElsewhere(f, err))
 	}
 	return nil
 }
@@ -263,7 +263,7 @@ func (f *Firewall) RevokePort(door string, addr netip.Addr, port config.Port) er
 	}
 	set, key := g.GrantSet(addr, port.Proto, port.Num)
 	if err := f.Delete(set, [][]byte{key}); err != nil {
-		return fmt.Errorf("revoke %s from %s: %w", door, addr, err)
+		return fmt.Errorf("revoke %s from %s: %w", door, addr, ownedElsewhere(f, err))
 	}
 	return nil
 }

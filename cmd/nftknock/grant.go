@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nftknock/nftknock/config"
+	"github.com/nftknock/nftknock/knock/control"
 	"github.com/nftknock/nftknock/nft"
 )
 
@@ -24,8 +25,12 @@ exactly as a knock would with open_for = DURATION; if the address already
 has a grant, its timer restarts at DURATION. The kernel expires it. For an
 open_to = "anyone" door, ADDRESS is 0.0.0.0 (every IPv4 address) or ::
 (every IPv6 address). Works
-whether nftknockd runs or not; a running daemon learns of the grant, keeps
-it if the table is flushed, and a knock from the address never shortens it.
+whether nftknockd runs or not: a daemon that owns its table (own_table, the
+default on Linux 6.9 and later) is asked to make the grant over its control
+socket, since no other process may write the table; otherwise the tool
+writes it and a running daemon learns of it. Either way the daemon keeps
+the grant (a heal restores it) and a knock from the address never shortens
+it.
 DURATION is a Go duration ("90s", "1h30m"), 1ms to 720h, whole milliseconds.
 A door that grants per port (an fwknop door) opens one port a grant: name
 it with -port (22:tcp); other doors open all their ports and take none.`,
@@ -53,7 +58,8 @@ it with -port (22:tcp); other doors open all their ports and take none.`,
 			defer fw.Close()
 			err := checkDoorAddr(fw, *door, addr)
 			if err == nil {
-				err = fw.GrantPort(*door, addr, port, *d)
+				err = viaDaemon(fw, control.Request{Op: "grant", Door: *door, Addr: addr.String(), Port: portText(port), ForMS: d.Milliseconds()},
+					func() error { return fw.GrantPort(*door, addr, port, *d) })
 			}
 			if err != nil {
 				fail(e, "grant", err)
@@ -98,7 +104,8 @@ error. For a door that grants per port, -port names the grant to end.`,
 				had, err = hasGrant(fw, *door, addr, port)
 			}
 			if err == nil {
-				err = fw.RevokePort(*door, addr, port)
+				err = viaDaemon(fw, control.Request{Op: "revoke", Door: *door, Addr: addr.String(), Port: portText(port)},
+					func() error { return fw.RevokePort(*door, addr, port) })
 			}
 			if err != nil {
 				fail(e, "revoke", err)
@@ -221,4 +228,33 @@ func hasGrant(fw *nft.Firewall, door string, addr netip.Addr, port config.Port) 
 		}
 	}
 	return false, nil
+}
+
+// viaDaemon asks the daemon of fw's table to make the change r, over its
+// control socket: a daemon that owns its table is the only process that
+// may write it. With no daemon listening (none runs, or its table is not
+// owned: own_table = false, attach, a kernel before 6.9), the tool makes
+// the change itself, direct.
+func viaDaemon(fw *nft.Firewall, r control.Request, direct func() error) error {
+	if fw.Attached() != nil {
+		return direct()
+	}
+	resp, err := control.Ask(fw.Table(), r)
+	switch {
+	case errors.Is(err, control.ErrNoDaemon):
+		return direct()
+	case err != nil:
+		return err
+	case resp.Error != "":
+		return fmt.Errorf("nftknockd refused: %s", resp.Error)
+	}
+	return nil
+}
+
+// portText is port as -port takes it, "" for none.
+func portText(p config.Port) string {
+	if p.Num == 0 {
+		return ""
+	}
+	return p.String()
 }

@@ -7,6 +7,8 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 
 	"github.com/nftknock/nftknock/config"
 	"github.com/nftknock/nftknock/knock"
+	"github.com/nftknock/nftknock/knock/control"
 	"github.com/nftknock/nftknock/knock/engine"
 	"github.com/nftknock/nftknock/knock/gate"
 	"github.com/nftknock/nftknock/knock/loglimit"
@@ -64,6 +67,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	src, fw := o.Source, o.Firewall
+	owned := false
 	var overruns func() uint64
 	if src == nil {
 		nl, err := knock.ListenNFLOG(knock.NFLOGConfig{Group: cfg.NFLOGGroup, Logger: o.Log, CopyRange: CopyRange})
@@ -80,12 +84,21 @@ func Run(ctx context.Context, o Options) error {
 		}
 		defer f.Close()
 		fw = gate.NFT{Firewall: f}
+		owned = f.Owned()
 	}
 	lines := loglimit.New(o.Log)
 	g := gate.New(fw, gate.Options{Log: o.Log, Lines: lines, Now: o.Now, MaxHooksRunning: MaxHooksRunning})
 
 	tasks, ctx := errgroup.WithContext(ctx)
 	tasks.Go(func() error { return g.Run(ctx) })
+	if owned {
+		// No other process may write an owned table: the tool asks.
+		srv, err := control.Listen(cfg.Table)
+		if err != nil {
+			return err
+		}
+		tasks.Go(func() error { return srv.Serve(ctx, toolHandler(o.Log, g)) })
+	}
 	var e *engine.Engine
 	tasks.Go(func() error {
 		var err error
@@ -98,7 +111,8 @@ func Run(ctx context.Context, o Options) error {
 		}
 		o.Log.Info("nftknockd started",
 			zap.String("config", cfg.File), zap.String("table", strings.TrimPrefix(engine.Where(cfg), "table ")),
-			zap.Uint16("nflog_group", cfg.NFLOGGroup), zap.Strings("doors", engine.DoorNames(cfg)))
+			zap.Uint16("nflog_group", cfg.NFLOGGroup), zap.Strings("doors", engine.DoorNames(cfg)),
+			zap.Bool("table_owned", owned))
 		// Only now: the table is installed and the NFLOG group bound.
 		if o.Ready != nil {
 			o.Ready(e.Status())
@@ -140,7 +154,11 @@ func OpenFirewall(cfg *config.Config) (*nft.Firewall, error) {
 	if a := cfg.Attach; a != nil {
 		return nft.OpenAttached(nft.Attach{Table: a.Table, Chain: a.Chain}, cfg.Table)
 	}
-	return nft.Open(cfg.Table)
+	f, err := nft.Open(cfg.Table)
+	if err == nil && cfg.OwnTable {
+		f.Own() // false on a kernel without NFT_TABLE_F_PERSIST: heal instead
+	}
+	return f, err
 }
 
 // CopyRange is how much of each logged packet NFLOG hands the daemon,
@@ -153,3 +171,42 @@ const CopyRange = 60 + 8 + 1500
 // A public-key SPA datagram (knock/sshspa) arrives whole: this fails to
 // compile if the format outgrows the copy range.
 var _ [CopyRange - (60 + 8 + sshspa.Size)]struct{}
+
+// toolHandler carries out `nftknock grant` and `revoke` asked over the
+// control socket, and logs each: they are root's break-glass changes.
+func toolHandler(log *zap.Logger, g *gate.Gate) func(context.Context, control.Request) error {
+	return func(ctx context.Context, r control.Request) error {
+		addr, err := netip.ParseAddr(r.Addr)
+		if err != nil {
+			return fmt.Errorf("address: %w", err)
+		}
+		var port config.Port
+		if r.Port != "" {
+			if port, err = config.ParsePort(r.Port); err != nil {
+				return fmt.Errorf("port: %w", err)
+			}
+		}
+		q := gate.ToolRequest{Door: r.Door, Addr: addr, Port: port}
+		switch r.Op {
+		case "grant":
+			q.For = time.Duration(r.ForMS) * time.Millisecond
+		case "revoke":
+			q.Revoke = true
+		default:
+			return fmt.Errorf("unknown op %q", r.Op)
+		}
+		if err := g.Tool(ctx, q); err != nil {
+			return err
+		}
+		fields := []zap.Field{zap.String("door", r.Door), zap.Stringer("address", addr)}
+		if r.Port != "" {
+			fields = append(fields, zap.Stringer("port", port))
+		}
+		if q.Revoke {
+			log.Info("nftknock revoke: grant ended", fields...)
+		} else {
+			log.Info("nftknock grant: let in", append(fields, zap.Duration("for", q.For))...)
+		}
+		return nil
+	}
+}

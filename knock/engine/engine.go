@@ -595,6 +595,10 @@ func sameOwnership(old, cfg *config.Config) error {
 	if old.NFLOGGroup != cfg.NFLOGGroup {
 		return fmt.Errorf("%s: nflog_group: changed from %d to %d: restart nftknockd to change it", cfg.File, old.NFLOGGroup, cfg.NFLOGGroup)
 	}
+	if old.OwnTable != cfg.OwnTable {
+		// The kernel lets a table's owner go only with its socket.
+		return fmt.Errorf("%s: own_table: changed from %v to %v: restart nftknockd to change it (the table and its grants stay)", cfg.File, old.OwnTable, cfg.OwnTable)
+	}
 	return nil
 }
 

@@ -226,6 +226,7 @@ type request struct {
 	revoke  *revokeRequest
 	ports   *portsRequest
 	read    *readRequest
+	tool    *toolRequest
 	// inspect runs on the gate's goroutine: tests look at its state.
 	inspect func()
 }
@@ -426,6 +427,8 @@ func (g *Gate) handle(ctx context.Context, r request) {
 		g.setPorts(r.ports.set, r.ports.ports)
 	case r.read != nil:
 		r.read.done <- g.read(r.read.set)
+	case r.tool != nil:
+		r.tool.done <- g.tool(r.tool)
 	case r.inspect != nil:
 		r.inspect()
 	}
