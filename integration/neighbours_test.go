@@ -551,6 +551,10 @@ func TestAttachedToAdminPolicyDrop(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := writeConfig(t, "", attachedSSH("12s"))
+	// -check says it first, before anything is installed.
+	if out, err := lab.Run(l.Server, daemonBin, "-check", "-config", cfg); err != nil || !strings.Contains(out, "warning: "+cfg+": attach: no `jump nftknock` in chain input") {
+		t.Errorf("-check on a ruleset without the jump: %v\n%s", err, out)
+	}
 	d, err := l.StartDaemon(daemonBin, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -570,6 +574,9 @@ func TestAttachedToAdminPolicyDrop(t *testing.T) {
 		t.Fatal(err)
 	}
 	mark.wait(t, 5*time.Second, "your ruleset jumps to nftknock's chain again")
+	if out, err := lab.Run(l.Server, daemonBin, "-check", "-config", cfg); err != nil || strings.Contains(out, "attach:") {
+		t.Errorf("-check on a ruleset with the jump: %v\n%s", err, out)
+	}
 	adminChain := func() string {
 		out, err := lab.Run(l.Server, "nft", "list", "chain", "inet", "filter", "input")
 		if err != nil {

@@ -103,3 +103,54 @@ func jumpsTo(exprs []expr.Any, chain string) bool {
 	}
 	return false
 }
+
+// AttachProblems says, before the daemon has installed anything (for
+// -check), what would leave an attached daemon's rules unrun or its start
+// refused: the admin's table missing, their chain missing, or no `jump` to
+// the daemon's chain in it (a ruleset that jumps must also declare `chain
+// <name> {}`, so a chain of that name that nothing jumps to is a jump
+// forgotten). Nil when attached is not the mode.
+func (f *Firewall) AttachProblems() ([]string, error) {
+	if f.attach == nil {
+		return nil, nil
+	}
+	c, err := f.c()
+	if err != nil {
+		return nil, err
+	}
+	found, _, err := f.tableFlagsNow(c)
+	if err != nil {
+		f.reset()
+		return nil, err
+	}
+	if !found {
+		return []string{fmt.Sprintf("attach: table inet %s does not exist, so the daemon would not start: load your ruleset first, with `chain %s {}` and `jump %s` first in chain %s", f.table.Name, f.name, f.name, f.attach.Chain)}, nil
+	}
+	chains, err := c.ListChainsOfTableFamily(f.table.Family)
+	if err != nil {
+		f.reset()
+		return nil, fmt.Errorf("list chains: %w", err)
+	}
+	has := func(name string) bool {
+		return slices.ContainsFunc(chains, func(ch *nftables.Chain) bool {
+			return ch.Table != nil && ch.Table.Name == f.table.Name && ch.Name == name
+		})
+	}
+	if !has(f.attach.Chain) {
+		return []string{fmt.Sprintf("attach: table inet %s has no chain %s to jump from: name the base chain the gate belongs in", f.table.Name, f.attach.Chain)}, nil
+	}
+	if !has(f.name) {
+		return []string{fmt.Sprintf("attach: your ruleset has no `jump %s` in chain %s (nor the `chain %s {}` it needs): the daemon's rules would never run, so nothing is gated and no knock is heard; add both", f.name, f.attach.Chain, f.name)}, nil
+	}
+	jumps, err := f.Jumps()
+	if err != nil {
+		return nil, err
+	}
+	var problems []string
+	for _, j := range jumps {
+		if !j.Present {
+			problems = append(problems, fmt.Sprintf("attach: %s: the daemon's rules in chain %s would never run, so nothing is gated and no knock is heard; add `jump %s` as the first rule there", j, j.Chain, j.Chain))
+		}
+	}
+	return problems, nil
+}

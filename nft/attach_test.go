@@ -2,6 +2,7 @@ package nft
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -164,5 +165,39 @@ func TestKernelAttachedNeedsTable(t *testing.T) {
 	}
 	if _, err := f.Install(forwardPlan("nftknock")); err == nil || !strings.Contains(err.Error(), "own-table mode") {
 		t.Errorf("Install of an own-table plan: %v", err)
+	}
+}
+
+// TestKernelAttachProblems: what -check says of an admin's ruleset before
+// an attached daemon installs anything, for each way it can be wrong, and
+// nothing once it jumps.
+func TestKernelAttachProblems(t *testing.T) {
+	t.Parallel()
+	const base = "\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n%s\t}\n"
+	for _, c := range []struct {
+		name, ruleset, want string
+	}{
+		{"no table", "", "table inet filter does not exist"},
+		{"no such chain", "table inet filter {\n\tchain inbound {\n\t\ttype filter hook input priority filter; policy drop;\n\t}\n}\n", "has no chain input"},
+		{"no chain, no jump", "table inet filter {\n" + fmt.Sprintf(base, "") + "}\n", "no `jump nftknock` in chain input (nor the `chain nftknock {}`"},
+		{"chain, no jump", "table inet filter {\n\tchain nftknock {\n\t}\n" + fmt.Sprintf(base, "\t\ttcp dport 80 accept\n") + "}\n", "no `jump nftknock` in chain input: the daemon's rules"},
+		{"jumps", "table inet filter {\n\tchain nftknock {\n\t}\n" + fmt.Sprintf(base, "\t\tjump nftknock\n") + "}\n", ""},
+	} {
+		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
+			ns := newNetns(t)
+			if c.ruleset != "" {
+				ns.nftInput(t, c.ruleset)
+			}
+			got, err := openAttached(t, ns).AttachProblems()
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case c.want == "" && len(got) != 0:
+				t.Errorf("problems %q, want none", got)
+			case c.want != "" && (len(got) != 1 || !strings.Contains(got[0], c.want)):
+				t.Errorf("problems %q, want one with %q", got, c.want)
+			}
+		})
 	}
 }

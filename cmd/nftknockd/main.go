@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -69,7 +70,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		// Reading the ruleset is all -check does with it.
-		for _, w := range engine.Warnings(cfg, findDNAT) {
+		for _, w := range append(engine.Warnings(cfg, findDNAT), attachWarnings(cfg)...) {
 			fmt.Fprintf(stderr, "warning: %s\n", w)
 		}
 		fmt.Fprintf(stdout, "%s: OK\n", *path)
@@ -136,6 +137,32 @@ func load(log *zap.Logger, path string) (*config.Config, error) {
 		log.Warn(w, zap.String("config", path))
 	}
 	return cfg, nil
+}
+
+// attachWarnings says, for -check, what in the admin's ruleset would leave
+// an attached daemon's rules unrun (the daemon says it too, at start and
+// in nftknock status; -check says it before anything is installed).
+func attachWarnings(cfg *config.Config) []string {
+	if cfg.Attach == nil {
+		return nil
+	}
+	fw, err := daemon.OpenFirewall(cfg)
+	var problems []string
+	if err == nil {
+		defer fw.Close()
+		problems, err = fw.AttachProblems()
+	}
+	if err != nil {
+		hint := ""
+		if errors.Is(err, os.ErrPermission) {
+			hint = " (reading the ruleset needs CAP_NET_ADMIN: run as root to look)"
+		}
+		return []string{fmt.Sprintf("%s: attach: could not look at your ruleset for the jump to the daemon's chain: %v%s", cfg.File, err, hint)}
+	}
+	for i, p := range problems {
+		problems[i] = cfg.File + ": " + p
+	}
+	return problems
 }
 
 // findDNAT looks in the namespace the daemon runs in.
