@@ -85,13 +85,9 @@ func parseFwknop(p *DoorParser) Kind {
 		f.Port = port
 	}
 	f.KeyFile = p.Path("fwknop_key_file", "the stanza's KEY_BASE64 value, in a file of its own (nftknock migrate -fwknop writes it)")
-	if !p.Has("fwknop_hmac_key_file") {
-		p.Errorf("fwknop_hmac_key_file", "missing: an fwknop door needs the stanza's HMAC key (HMAC_KEY_BASE64, the clients' --use-hmac): "+
-			"without one a packet would be decrypted before anything proved it authentic, and a passphrase KEY could be guessed offline from one captured packet; "+
-			"make keys with fwknop --key-gen and give the clients --use-hmac")
-	} else {
-		f.HMACKeyFile = p.Path("fwknop_hmac_key_file", "")
-	}
+	f.HMACKeyFile = p.Path("fwknop_hmac_key_file", "an fwknop door needs the stanza's HMAC key (HMAC_KEY_BASE64, the clients' --use-hmac): "+
+		"without one a packet would be decrypted before anything proved it authentic, and a passphrase KEY could be guessed offline from one captured packet; "+
+		"make keys with fwknop --key-gen and give the clients --use-hmac")
 	f.MaxAge = p.Duration("fwknop_max_age", DefaultFwknopMaxAge, maxFwknopMaxAge)
 	f.MaxOpenFor = p.Duration("fwknop_max_open_for", DefaultFwknopMaxOpenFor, maxOpenFor)
 	f.RequireSource, _ = p.Bool("fwknop_require_source")

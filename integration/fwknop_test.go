@@ -101,11 +101,7 @@ func waitFiltered(t *testing.T, l *lab.Lab, from netip.Addr, to netip.AddrPort, 
 func TestFwknopClient(t *testing.T) {
 	nstest.Require(t, "fwknop")
 	l := newLab(t)
-	stop, err := l.Echo(2222)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
+	echo(t, l, 2222)
 	dir := t.TempDir()
 	home := filepath.Join(dir, "home") // the client's HOME
 	if err := os.Mkdir(home, 0o700); err != nil {
@@ -113,6 +109,7 @@ func TestFwknopClient(t *testing.T) {
 	}
 	var keys [3]lab.FwknopKeys
 	for i := range keys {
+		var err error
 		if keys[i], err = lab.FwknopKeyGen(home); err != nil {
 			t.Fatal(err)
 		}

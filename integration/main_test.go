@@ -105,7 +105,14 @@ func newBareLab(t testing.TB) *lab.Lab {
 // echo serves TCP echo on port of the lab's server until the test ends.
 func echo(t testing.TB, l *lab.Lab, port uint16) {
 	t.Helper()
-	stop, err := l.Echo(port)
+	echoIn(t, l.Server, port)
+}
+
+// echoIn serves TCP echo on port in network namespace ns until the test
+// ends.
+func echoIn(t testing.TB, ns string, port uint16) {
+	t.Helper()
+	stop, err := lab.EchoIn(ns, port)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +225,13 @@ func mustKnock(t testing.TB, l *lab.Lab, v6 bool, delayMS int, ports ...string) 
 // set does not hold exactly that.
 func element(t testing.TB, l *lab.Lab, set string, addr netip.Addr) lab.Element {
 	t.Helper()
-	els, err := l.Elements("nftknock", set)
+	return elementIn(t, l, "nftknock", set, addr)
+}
+
+// elementIn is element for a set of table (inet) table.
+func elementIn(t testing.TB, l *lab.Lab, table, set string, addr netip.Addr) lab.Element {
+	t.Helper()
+	els, err := l.Elements(table, set)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -378,11 +378,7 @@ func mustGateHolds(t *testing.T, l *lab.Lab, after string) {
 func TestGateHoldsWithFirewalld(t *testing.T) {
 	l := newLab(t)
 	needTools(t, neighbours.FirewalldTools...)
-	stop, err := l.Echo(8443)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
+	echo(t, l, 8443)
 	start := time.Now()
 	fw, err := neighbours.StartFirewalld(l.Server)
 	if err != nil {
@@ -518,17 +514,7 @@ func attachedSSH(openFor string) string {
 // name in the admin's table: nftknock_<set>).
 func attachedElement(t *testing.T, l *lab.Lab, set string, addr netip.Addr) lab.Element {
 	t.Helper()
-	els, err := l.Elements("filter", "nftknock_"+set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range els {
-		if e.Addr == addr {
-			return e
-		}
-	}
-	t.Fatalf("set nftknock_%s holds %v, not %s", set, els, addr)
-	return lab.Element{}
+	return elementIn(t, l, "filter", "nftknock_"+set, addr)
 }
 
 // TestAttachedToAdminPolicyDrop: attached (attach = "inet filter
@@ -555,17 +541,7 @@ func TestAttachedToAdminPolicyDrop(t *testing.T) {
 	if out, err := lab.Run(l.Server, daemonBin, "-check", "-config", cfg); err != nil || !strings.Contains(out, "warning: "+cfg+": attach: no `jump nftknock` in chain input") {
 		t.Errorf("-check on a ruleset without the jump: %v\n%s", err, out)
 	}
-	d, err := l.StartDaemon(daemonBin, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := d
-	t.Cleanup(func() {
-		first.Kill()
-		if t.Failed() {
-			t.Logf("the first nftknockd's log:\n%s", first.Log())
-		}
-	})
+	d := startDaemonToKill(t, l, daemonBin, cfg)
 	if !containsAll(d.Log(), "your ruleset does not jump to nftknock's chain", `"chain": "nftknock"`, `"from": "input"`) {
 		t.Errorf("started without the jump, the daemon did not say so:\n%s", d.Log())
 	}

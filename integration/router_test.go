@@ -7,11 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nftknock/nftknock/integration/lab"
+	"github.com/nftknock/nftknock/integration/neighbours"
 	"github.com/nftknock/nftknock/integration/nstest"
 )
 
@@ -67,44 +67,6 @@ func addLAN(t *testing.T, l *lab.Lab) string {
 	return lan
 }
 
-// echoIn serves TCP echo on port in namespace ns until the test ends.
-func echoIn(t *testing.T, ns string, port int) {
-	t.Helper()
-	var ln net.Listener
-	if err := lab.InNS(ns, func() error {
-		var err error
-		ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 512)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					if _, err := c.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-}
-
 // portForward is a router's own port forward, in nft's native form:
 // 2222 on its public address to the LAN host's 22.
 const portForward = `table ip nat {
@@ -150,8 +112,7 @@ func TestRouterForwardDoor(t *testing.T) {
 	}
 	waitOpen(lab.ClientV4, host4)
 	waitOpen(lab.ClientV6, host6)
-	rs := writeConfig(t, "", portForward)
-	if _, err := lab.Run(l.Server, "nft", "-f", rs); err != nil {
+	if err := neighbours.LoadRuleset(l.Server, portForward); err != nil {
 		t.Fatal(err)
 	}
 	waitOpen(lab.ClientV4, fwd4)

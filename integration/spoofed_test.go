@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -41,11 +40,7 @@ seq_timeout = "5s"
 open = ["8443:tcp"]
 open_for = "1m"
 `))
-	stopWeb, err := l.Echo(8443)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stopWeb()
+	echo(t, l, 8443)
 	web4 := netip.AddrPortFrom(lab.ServerV4, 8443)
 
 	done := make(chan error, 1)
@@ -64,23 +59,14 @@ open_for = "1m"
 	if _, err := l.WaitOpen(lab.ClientV4, web4, 2*time.Second); err != nil {
 		t.Errorf("the other door's client during the flood: %v", err)
 	}
-	hwm := int64(0)
-	for wait := true; wait; {
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatal(err)
-			}
-			wait = false
-		case <-time.After(200 * time.Millisecond):
-		}
-		if h, err := vmHWM(d.Pid()); err == nil {
-			hwm = max(hwm, h)
-		}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 	waitIdle(t, d.Pid(), 3*time.Second, time.Minute)
-	if h, err := vmHWM(d.Pid()); err == nil {
-		hwm = max(hwm, h)
+	// VmHWM is the peak over the daemon's whole life.
+	hwm, _, err := lab.MemStatus(d.Pid())
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("sent %d packets (%d completions); the daemon's peak RSS %.1f MiB", sent, sent/3, float64(hwm)/(1<<20))
 
@@ -149,20 +135,4 @@ func spoofCompletions(n, rate int) (int, error) {
 		}
 	}
 	return sent, nil
-}
-
-// vmHWM is the peak resident memory of pid.
-func vmHWM(pid int) (int64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			var kb int64
-			fmt.Sscan(strings.TrimSpace(v), &kb)
-			return kb << 10, nil
-		}
-	}
-	return 0, fmt.Errorf("no VmHWM for %d", pid)
 }

@@ -28,6 +28,12 @@ func (j Jump) String() string {
 	return fmt.Sprintf("`jump %s` is rule %d of %d in chain %s", j.Chain, j.Position, j.Rules, j.From)
 }
 
+// Fix says what a missing jump means and what to do, for the log, -check
+// and nftknock status alike.
+func (j Jump) Fix() string {
+	return fmt.Sprintf("the daemon's rules in chain %s never run, so nothing is gated and no knock is heard; add `jump %s` as the first rule of chain %s (and `chain %s {}` to your ruleset file)", j.Chain, j.Chain, j.From, j.Chain)
+}
+
 // Jumps reports, for each of the daemon's chains in the admin's table,
 // whether the admin's ruleset jumps to it: the input chain from the chain
 // attach names, the forward chain from a base chain on the forward hook.
@@ -42,20 +48,36 @@ func (f *Firewall) Jumps() ([]Jump, error) {
 	if err != nil {
 		return nil, err
 	}
+	chains, err := f.tableChains(c)
+	if err != nil {
+		return nil, err
+	}
+	return f.jumps(chains)
+}
+
+// tableChains lists the chains of the admin's table.
+func (f *Firewall) tableChains(c *nftables.Conn) ([]*nftables.Chain, error) {
 	all, err := c.ListChainsOfTableFamily(f.table.Family)
 	if err != nil {
 		f.reset()
 		return nil, fmt.Errorf("list chains: %w", err)
 	}
-	var tableChains []*nftables.Chain
+	var chains []*nftables.Chain
 	for _, ch := range all {
 		if ch.Table != nil && ch.Table.Name == f.table.Name {
-			tableChains = append(tableChains, ch)
+			chains = append(chains, ch)
 		}
 	}
-	has := func(name string) bool {
-		return slices.ContainsFunc(tableChains, func(ch *nftables.Chain) bool { return ch.Name == name })
-	}
+	return chains, nil
+}
+
+func hasChain(chains []*nftables.Chain, name string) bool {
+	return slices.ContainsFunc(chains, func(ch *nftables.Chain) bool { return ch.Name == name })
+}
+
+// jumps is Jumps over tableChains, the chains of the admin's table.
+func (f *Firewall) jumps(tableChains []*nftables.Chain) ([]Jump, error) {
+	has := func(name string) bool { return hasChain(tableChains, name) }
 	var jumps []Jump
 	for _, want := range []struct {
 		chain string
@@ -124,33 +146,34 @@ func (f *Firewall) AttachProblems() ([]string, error) {
 		return nil, err
 	}
 	if !found {
-		return []string{fmt.Sprintf("attach: table inet %s does not exist, so the daemon would not start: load your ruleset first, with `chain %s {}` and `jump %s` first in chain %s", f.table.Name, f.name, f.name, f.attach.Chain)}, nil
+		return []string{f.noAttachTable() + ", so the daemon would not start"}, nil
 	}
-	chains, err := c.ListChainsOfTableFamily(f.table.Family)
+	chains, err := f.tableChains(c)
 	if err != nil {
-		f.reset()
-		return nil, fmt.Errorf("list chains: %w", err)
+		return nil, err
 	}
-	has := func(name string) bool {
-		return slices.ContainsFunc(chains, func(ch *nftables.Chain) bool {
-			return ch.Table != nil && ch.Table.Name == f.table.Name && ch.Name == name
-		})
-	}
-	if !has(f.attach.Chain) {
+	if !hasChain(chains, f.attach.Chain) {
 		return []string{fmt.Sprintf("attach: table inet %s has no chain %s to jump from: name the base chain the gate belongs in", f.table.Name, f.attach.Chain)}, nil
 	}
-	if !has(f.name) {
-		return []string{fmt.Sprintf("attach: your ruleset has no `jump %s` in chain %s (nor the `chain %s {}` it needs): the daemon's rules would never run, so nothing is gated and no knock is heard; add both", f.name, f.attach.Chain, f.name)}, nil
+	if !hasChain(chains, f.name) {
+		// A ruleset that jumps must declare the chain: without it, there is no jump either.
+		return []string{"attach: " + Jump{Chain: f.name, From: f.attach.Chain}.String() + " (nor the `chain " + f.name + " {}` it needs): " + Jump{Chain: f.name, From: f.attach.Chain}.Fix()}, nil
 	}
-	jumps, err := f.Jumps()
+	jumps, err := f.jumps(chains)
 	if err != nil {
 		return nil, err
 	}
 	var problems []string
 	for _, j := range jumps {
 		if !j.Present {
-			problems = append(problems, fmt.Sprintf("attach: %s: the daemon's rules in chain %s would never run, so nothing is gated and no knock is heard; add `jump %s` as the first rule there", j, j.Chain, j.Chain))
+			problems = append(problems, "attach: "+j.String()+": "+j.Fix())
 		}
 	}
 	return problems, nil
+}
+
+// noAttachTable is the error of an attached start without the admin's
+// table.
+func (f *Firewall) noAttachTable() string {
+	return fmt.Sprintf("attach: table inet %s does not exist: load your ruleset first (nftknockd.service starts after nftables.service), with `chain %s {}` and `jump %s` first in chain %s", f.table.Name, f.name, f.name, f.attach.Chain)
 }

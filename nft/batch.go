@@ -214,8 +214,12 @@ func commentUserdata(comment string) []byte {
 	return append(b, 0)
 }
 
-// commentOf reads the comment TLV of an element's userdata: "" when it has
-// none, or when the TLVs do not parse.
+// commentOf reads the comment TLV of an element's or a rule's userdata
+// (type 0 in both, libnftnl's NFTNL_UDATA_SET_ELEM_COMMENT and
+// NFTNL_UDATA_RULE_COMMENT): "" when it has none, or when the TLVs do not
+// parse. Not the library's userdata.Get: v0.3.0 slices before it checks
+// the length, and panics on a TLV that runs past the end, which any tool
+// may have written.
 func commentOf(udata []byte) string {
 	for len(udata) >= 2 {
 		typ, n := udata[0], int(udata[1])

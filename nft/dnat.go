@@ -213,25 +213,7 @@ func familyName(f nftables.TableFamily) (string, bool) {
 	return "", false // arp, bridge, netdev: no DNAT there
 }
 
-func ruleComment(r *nftables.Rule) string {
-	// The comment is nft's userdata TLV: type 0 (comment), length, text
-	// with its NUL. Anything else in the userdata is not a comment. Not
-	// the library's userdata.Get: v0.3.0 slices before it checks the
-	// length, and panics on a TLV that runs past the end, which any tool
-	// may have written.
-	ud := r.UserData
-	for len(ud) >= 2 {
-		typ, n := ud[0], int(ud[1])
-		if len(ud) < 2+n {
-			break
-		}
-		if typ == 0 {
-			return strings.TrimRight(string(ud[2:2+n]), "\x00")
-		}
-		ud = ud[2+n:]
-	}
-	return ""
-}
+func ruleComment(r *nftables.Rule) string { return commentOf(r.UserData) }
 
 // elementReader returns the elements of a set (named or anonymous) of a
 // table; ok is false when they cannot be read.

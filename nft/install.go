@@ -2,6 +2,7 @@ package nft
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
@@ -66,7 +67,7 @@ func (f *Firewall) install(p *plan.Plan) (map[string]bool, error) {
 		return nil, err
 	}
 	if f.attach != nil && !found {
-		return nil, fmt.Errorf("attach: table inet %s does not exist: load your ruleset first (nftknockd.service starts after nftables.service), with `chain %s {}` and `jump %s` first in chain %s", f.table.Name, f.name, f.name, f.attach.Chain)
+		return nil, errors.New(f.noAttachTable())
 	}
 	kept := map[string]bool{}
 	for _, s := range sets {

@@ -339,7 +339,7 @@ func (f *Firewall) Installed() (bool, error) {
 		}
 		return ok, err
 	}
-	chains, _, err := f.current(c)
+	chains, _, err := f.currentIn(c)
 	if err != nil {
 		f.reset()
 		return false, err

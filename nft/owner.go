@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -86,11 +87,11 @@ func (f *Firewall) withTableFlags(batch []netlink.Message) ([]netlink.Message, e
 		found := false
 		for j := range attrs {
 			if attrs[j].Type == unix.NFTA_TABLE_FLAGS {
-				attrs[j].Data, found = beUint32(f.flags), true
+				attrs[j].Data, found = binaryutil.BigEndian.PutUint32(f.flags), true
 			}
 		}
 		if !found {
-			attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_TABLE_FLAGS, Data: beUint32(f.flags)})
+			attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_TABLE_FLAGS, Data: binaryutil.BigEndian.PutUint32(f.flags)})
 		}
 		data, err := netlink.MarshalAttributes(attrs)
 		if err != nil {
@@ -101,8 +102,6 @@ func (f *Firewall) withTableFlags(batch []netlink.Message) ([]netlink.Message, e
 	return batch, nil
 }
 
-func beUint32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }
-
 // claim makes the table this socket's again after the Firewall dialled a
 // new one (the old was dropped after an error, which released the table:
 // it stays, unowned, until claimed). A table that is gone is no error:
@@ -110,7 +109,7 @@ func beUint32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byt
 func (f *Firewall) claim() error {
 	data, err := netlink.MarshalAttributes([]netlink.Attribute{
 		{Type: unix.NFTA_TABLE_NAME, Data: []byte(f.table.Name + "\x00")},
-		{Type: unix.NFTA_TABLE_FLAGS, Data: beUint32(ownedFlags)},
+		{Type: unix.NFTA_TABLE_FLAGS, Data: binaryutil.BigEndian.PutUint32(ownedFlags)},
 	})
 	if err != nil {
 		return err
@@ -147,13 +146,18 @@ const maxTakeOver = 1 << 18
 // they had left. Until they are, a granted source is dropped: closed,
 // never open. It returns the grant sets put back, as Install's kept.
 func (f *Firewall) takeOver(p *plan.Plan) (map[string]bool, error) {
+	r, err := f.Reader()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
 	saved := map[string][]Element{}
 	n := 0
 	for _, s := range p.Sets {
 		if s.Role != plan.RoleGrant {
 			continue
 		}
-		els, err := f.Read(s.Name)
+		els, err := r.Read(s.Name)
 		if err != nil {
 			continue // not there, or not a set of this shape: nothing to carry
 		}

@@ -277,6 +277,11 @@ func (f *Firewall) Grants() ([]Grant, error) {
 	if err != nil {
 		return nil, err
 	}
+	r, err := f.Reader()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
 	var grants []Grant
 	for _, door := range doors {
 		shape := f.shapes[door]
@@ -286,7 +291,7 @@ func (f *Firewall) Grants() ([]Grant, error) {
 		}
 		var gs []Grant
 		for _, set := range sets {
-			els, err := f.Read(set)
+			els, err := r.Read(set)
 			if err != nil {
 				return nil, fmt.Errorf("list grants of door %s: %w", door, err)
 			}

@@ -249,8 +249,7 @@ func printStatus(w io.Writer, where string, s statusJSON, grants []nft.Grant, ju
 		if j.Present {
 			fmt.Fprintf(w, "jump: %s\n", j)
 		} else {
-			fmt.Fprintf(w, "jump MISSING: %s: its rules never run, nothing is gated; add `jump %s` first in your chain %s (and `chain %s {}` to your ruleset file)\n",
-				j, j.Chain, j.From, j.Chain)
+			fmt.Fprintf(w, "jump MISSING: %s: %s\n", j, j.Fix())
 		}
 	}
 	if len(grants) == 0 {

@@ -207,8 +207,8 @@ func bench(ctx context.Context, bin string) (*result, error) {
 	defer d.kill()
 
 	// Sample the daemon's memory every 100 ms until the end.
-	sampler := newSampler(d.pid)
-	defer sampler.stop()
+	sampler := lab.SampleMem(d.pid)
+	defer sampler.Stop()
 
 	// The flood, bounded in time; stopped (SIGINT, for its statistics,
 	// then SIGKILL) on every way out of here.
@@ -283,7 +283,8 @@ func bench(ctx context.Context, bin string) (*result, error) {
 	if err := kernelCounts(l, res); err != nil {
 		return res, err
 	}
-	res.peakHWM, res.maxRSS, res.rssTimeline = sampler.stop()
+	res.peakHWM, res.maxRSS = sampler.Stop()
+	res.rssTimeline = sampler.Timeline()
 	counts, err := d.stop()
 	res.daemon = counts
 	if err != nil {
@@ -507,47 +508,6 @@ func (d *daemon) kill() {
 		d.cmd.Process.Kill()
 		<-d.done
 	}
-}
-
-// sampler reads VmHWM and VmRSS from /proc/<pid>/status every 100 ms.
-type sampler struct {
-	quit     chan struct{}
-	done     chan struct{}
-	once     sync.Once
-	hwm, rss int64
-	timeline []int64 // VmRSS once a second
-}
-
-func newSampler(pid int) *sampler {
-	s := &sampler{quit: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for i := 0; ; i++ {
-			hwm, rss, err := lab.MemStatus(pid)
-			if err == nil {
-				s.hwm, s.rss = max(s.hwm, hwm), max(s.rss, rss)
-				if i%10 == 0 {
-					s.timeline = append(s.timeline, rss)
-				}
-			}
-			select {
-			case <-s.quit:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	return s
-}
-
-// stop ends sampling (after one last sample) and returns the peak VmHWM,
-// the highest VmRSS seen, and VmRSS once a second.
-func (s *sampler) stop() (hwm, rss int64, timeline []int64) {
-	s.once.Do(func() { close(s.quit) })
-	<-s.done
-	return s.hwm, s.rss, s.timeline
 }
 
 type lockedBuffer struct {

@@ -218,9 +218,12 @@ func (l *Lab) WaitOpen(from netip.Addr, to netip.AddrPort, within time.Duration)
 
 // Echo serves TCP echo on port in the server namespace, on IPv4 and IPv6,
 // until the returned stop function is called.
-func (l *Lab) Echo(port uint16) (stop func(), err error) {
+func (l *Lab) Echo(port uint16) (stop func(), err error) { return EchoIn(l.Server, port) }
+
+// EchoIn is Echo in network namespace ns.
+func EchoIn(ns string, port uint16) (stop func(), err error) {
 	var ln net.Listener
-	err = InNS(l.Server, func() error {
+	err = InNS(ns, func() error {
 		var err error
 		ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
 		return err

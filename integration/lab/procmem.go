@@ -18,6 +18,7 @@ type MemSampler struct {
 	done     chan struct{}
 	once     sync.Once
 	hwm, rss int64
+	timeline []int64 // VmRSS once a second
 }
 
 // SampleMem starts sampling pid.
@@ -27,9 +28,12 @@ func SampleMem(pid int) *MemSampler {
 		defer close(s.done)
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
-		for {
+		for i := 0; ; i++ {
 			if hwm, rss, err := MemStatus(pid); err == nil {
 				s.hwm, s.rss = max(s.hwm, hwm), max(s.rss, rss)
+				if i%10 == 0 {
+					s.timeline = append(s.timeline, rss)
+				}
 			}
 			select {
 			case <-s.quit:
@@ -47,6 +51,12 @@ func (s *MemSampler) Stop() (hwm, rss int64) {
 	s.once.Do(func() { close(s.quit) })
 	<-s.done
 	return s.hwm, s.rss
+}
+
+// Timeline stops sampling, as Stop does, and returns VmRSS once a second.
+func (s *MemSampler) Timeline() []int64 {
+	s.Stop()
+	return s.timeline
 }
 
 // MemStatus returns VmHWM and VmRSS of pid, in bytes.

@@ -67,7 +67,8 @@ table inet filter {
 // LoadRuleset loads ruleset with `nft -f -` in network namespace netns, as
 // `systemctl start nftables` loads /etc/nftables.conf. A ruleset that
 // begins with `flush ruleset` (AdminRuleset does) deletes every table in
-// the namespace first, nftknock's too.
+// the namespace first but those a running process owns (an owning
+// nftknockd's).
 func LoadRuleset(netns, ruleset string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()

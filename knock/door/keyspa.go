@@ -214,24 +214,9 @@ func (j *keySPAJob) Done(_ time.Time, a Actions) {
 	a.Open(addr, j.src, by)
 }
 
-// reject logs a refused datagram with its reason, rate-limited as the
-// shared-key door's are.
 func (s *keySPADoor) reject(src netip.Addr, r SPAReason, extra ...zap.Field) {
-	fields := append([]zap.Field{zap.String("door", s.cfg.Name), zap.Stringer("source", src), zap.String("reason", r.String())}, extra...)
-	s.deps.Lines.Log(zap.InfoLevel, keySPARejected[r], keySPARejected[r], fields...)
-	if s.deps.Rejected != nil {
-		s.deps.Rejected(r)
-	}
+	rejectSPA(s.deps, s.cfg.Name, src, r, extra...)
 }
-
-// keySPARejected are the rejection lines, made once: a string built per
-// datagram would be garbage per datagram of a flood.
-var keySPARejected = func() (m [NumSPAReasons]string) {
-	for r := range NumSPAReasons {
-		m[r] = "SPA datagram rejected: " + r.String()
-	}
-	return m
-}()
 
 // keyReasonOf is the reason for an error of sshspa.Open or the replay
 // cache.

@@ -32,13 +32,10 @@ func NewShared(actions func(Door) Actions) *Shared {
 	return &Shared{ports: map[sharedPort][]Door{}, actions: actions}
 }
 
-// join adds d to the doors of kind that share port, and returns those
-// that joined before it.
-func (s *Shared) join(kind string, port config.Port, d Door) (before []Door) {
+// join adds d to the doors of kind that share port.
+func (s *Shared) join(kind string, port config.Port, d Door) {
 	k := sharedPort{kind, port}
-	before = s.ports[k]
-	s.ports[k] = append(before[:len(before):len(before)], d)
-	return before
+	s.ports[k] = append(s.ports[k], d)
 }
 
 // doors lists the doors of kind that share port, in config order.

@@ -83,15 +83,32 @@ func (s *spaDoor) Packet(now time.Time, lg *knock.Logged, a Actions) {
 	a.Open(addr, p.Src, "")
 }
 
-// reject logs a refused datagram with its reason, through the line
-// limiter: a flood of forged datagrams is a summary line a second.
 func (s *spaDoor) reject(src netip.Addr, r SPAReason, extra ...zap.Field) {
-	fields := append([]zap.Field{zap.String("door", s.cfg.Name), zap.Stringer("source", src), zap.String("reason", r.String())}, extra...)
-	s.deps.Lines.Log(zap.InfoLevel, "SPA datagram rejected: "+r.String(), "SPA datagram rejected: "+r.String(), fields...)
-	if s.deps.Rejected != nil {
-		s.deps.Rejected(r)
-	}
+	rejectSPA(s.deps, s.cfg.Name, src, r, extra...)
 }
+
+// rejectSPA counts a datagram an SPA door refused and logs it with its
+// reason through the line limiter: a flood of forged datagrams is a
+// summary line a second, and a line held back builds no fields.
+func rejectSPA(deps Deps, door string, src netip.Addr, r SPAReason, extra ...zap.Field) {
+	if deps.Rejected != nil {
+		deps.Rejected(r)
+	}
+	msg := spaRejected[r]
+	if !deps.Lines.Admit(zap.InfoLevel, msg, msg) {
+		return
+	}
+	deps.Log.Info(msg, append([]zap.Field{zap.String("door", door), zap.Stringer("source", src), zap.String("reason", r.String())}, extra...)...)
+}
+
+// spaRejected are the rejection lines, made once: a string built per
+// datagram would be garbage per datagram of a flood.
+var spaRejected = func() (m [NumSPAReasons]string) {
+	for r := range NumSPAReasons {
+		m[r] = "SPA datagram rejected: " + r.String()
+	}
+	return m
+}()
 
 // SPAReason is why a datagram was refused: a log reason and a counter.
 type SPAReason int

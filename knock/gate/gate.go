@@ -517,7 +517,7 @@ func (g *Gate) checkJumps() {
 		case !j.Present:
 			g.unjumped[j.Chain] = true
 			if was == nil || !was[j.Chain] {
-				g.log.Warn("your ruleset does not jump to nftknock's chain: its rules never run, so nothing is gated and no knock is heard; add `jump "+j.Chain+"` as the first rule of your chain (and `chain "+j.Chain+" {}` to your ruleset file)",
+				g.log.Warn("your ruleset does not jump to nftknock's chain: "+j.Fix(),
 					zap.String("chain", j.Chain), zap.String("from", j.From))
 			}
 		case was != nil && was[j.Chain]:
@@ -908,11 +908,10 @@ func (g *Gate) changes() {
 			g.again(ch)
 			return
 		}
+		g.checkJumps() // the admin may have edited their chain
 		if healed {
-			g.checkJumps()
 			return // the ledger is the truth the table was rebuilt from
 		}
-		g.checkJumps() // the admin may have edited their chain
 	}
 	now := g.now()
 	for _, e := range elems {
@@ -924,9 +923,7 @@ func (g *Gate) changes() {
 			g.forget(door, g.keyOf(door, e.Key))
 			continue
 		}
-		gr := g.grantOf(door, e.Key, e.Timeout, e.Expires, e.Comment, now)
-		g.ledger.Record(gr)
-		g.noteChange(ledgerChange{grant: gr})
+		g.record(g.grantOf(door, e.Key, e.Timeout, e.Expires, e.Comment, now))
 	}
 	if ch&nft.Overrun != 0 {
 		// Notifications were lost: anything may have changed. Looked at
@@ -1054,6 +1051,12 @@ func (g *Gate) readSets(replace bool) {
 		}
 		g.readDone <- res // room for one: one read at a time
 	}()
+}
+
+// record puts gr, a grant someone else made, in the ledger.
+func (g *Gate) record(gr ledger.Grant) {
+	g.ledger.Record(gr)
+	g.noteChange(ledgerChange{grant: gr})
 }
 
 // noteChange keeps c for the read under way, if any.

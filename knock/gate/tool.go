@@ -3,6 +3,7 @@ package gate
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -52,12 +53,7 @@ func (g *Gate) Tool(ctx context.Context, r ToolRequest) error {
 func (g *Gate) tool(r *toolRequest) error {
 	gd, ok := g.gates[r.Door]
 	if !ok {
-		names := make([]string, 0, len(g.gates))
-		for n := range g.gates {
-			names = append(names, n)
-		}
-		slices.Sort(names)
-		return fmt.Errorf("no door %q (doors: %s)", r.Door, strings.Join(names, ", "))
+		return fmt.Errorf("no door %q (doors: %s)", r.Door, strings.Join(slices.Sorted(maps.Keys(g.gates)), ", "))
 	}
 	addr := r.Addr.Unmap().WithZone("")
 	if !addr.IsValid() {
@@ -65,6 +61,9 @@ func (g *Gate) tool(r *toolRequest) error {
 	}
 	if gd.PerPort != (r.Port.Num != 0) {
 		return fmt.Errorf("door %s: a port must be named for a door that grants per port, and only for one", r.Door)
+	}
+	if gd.PerPort && len(g.grantees(g.doors[r.Door], addr, []config.Port{r.Port})) == 0 {
+		return fmt.Errorf("door %s does not open %s", r.Door, r.Port)
 	}
 	set, key := gd.GrantSet(addr, r.Port.Proto, r.Port.Num)
 	if r.Revoke {
@@ -84,8 +83,6 @@ func (g *Gate) tool(r *toolRequest) error {
 	if err != nil {
 		return err
 	}
-	gr := g.grantOf(r.Door, key, r.For, r.For, r.By, g.now())
-	g.ledger.Record(gr)
-	g.noteChange(ledgerChange{grant: gr})
+	g.record(g.grantOf(r.Door, key, r.For, r.For, r.By, g.now()))
 	return nil
 }

@@ -67,6 +67,7 @@ func TestToolRefuses(t *testing.T) {
 		{ToolRequest{Door: "ssh", Addr: alice}, "under a millisecond"},
 		{ToolRequest{Door: "fw", Addr: alice, For: time.Hour}, "a port must be named"},
 		{ToolRequest{Door: "ssh", Addr: alice, Port: config.Port{Num: 22, Proto: config.TCP}, For: time.Hour}, "a port must be named"},
+		{ToolRequest{Door: "fw", Addr: alice, Port: config.Port{Num: 80, Proto: config.TCP}, For: time.Hour}, "door fw does not open 80:tcp"},
 	} {
 		if err := g.Tool(ctx, c.r); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: %v, want %q", c.r, err, c.want)
